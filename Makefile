@@ -1,0 +1,51 @@
+# CPS: proto generation, lint, tests, benchmarks, running a node.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROTO_DIR := protos
+PY_OUT := client_py
+LISTEN ?= 127.0.0.1:50051
+
+.PHONY: install proto proto-check lint test run bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Editable install with the dev tools.
+install: $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+# Regenerate the Python stubs and their typed .pyi from protos/.
+proto:
+	rm -f $(PY_OUT)/cps/v1/*_pb2*.py $(PY_OUT)/cps/v1/*_pb2*.pyi
+	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
+		--python_out=$(PY_OUT) --grpc_python_out=$(PY_OUT) \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
+		--mypy_out=$(PY_OUT) --mypy_grpc_out=$(PY_OUT) \
+		$(PROTO_DIR)/cps/v1/*.proto
+
+# Fails when the committed stubs differ from a fresh generation.
+proto-check: proto
+	git diff --exit-code -- $(PY_OUT)/cps/v1
+	@test -z "$$(git status --porcelain -- $(PY_OUT)/cps/v1)" || \
+		{ echo "untracked generated files:"; git status --porcelain -- $(PY_OUT)/cps/v1; exit 1; }
+
+lint:
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy server client_py tests bench
+	cd $(PROTO_DIR) && ../$(BIN)/buf lint
+
+test:
+	$(BIN)/pytest -q
+
+run:
+	$(BIN)/cps-server --listen $(LISTEN)
+
+bench:
+	$(BIN)/python -m bench.run --out bench/RESULTS.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
