@@ -6,7 +6,7 @@ PROTO_DIR := protos
 PY_OUT := client_py
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: install proto proto-check lint test run bench clean
+.PHONY: install proto proto-check lint test run bench bench-quick bench-proto clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,18 @@ run:
 
 bench:
 	$(BIN)/python -m bench.run --out bench/RESULTS.md
+
+# A short run (1 s per scenario, in-flight 1 and 16), printed only.
+bench-quick:
+	$(BIN)/python -m bench.run --quick
+
+# Regenerate the committed etcd KV stubs (message classes and typed .pyi) used
+# by the etcd reference of the benchmark.
+bench-proto:
+	rm -f bench/gen/*_pb2*.py bench/gen/*_pb2*.pyi
+	$(BIN)/python -m grpc_tools.protoc -I bench/protos --python_out=bench/gen \
+		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=bench/gen \
+		bench/protos/etcd_kv.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""CPS benchmark harness: `python -m bench.run`."""

@@ -1,0 +1,1 @@
+"""Generated protobuf stubs for the benchmark (regenerate with `make bench-proto`)."""

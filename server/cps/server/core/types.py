@@ -1,0 +1,110 @@
+"""Value types of the core: the seed's chapter 3.2 without protobuf."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+# A time or duration that never ends (CL_TIME_END) is None; every other time is
+# seconds: wall-clock seconds since the epoch for absolute times.
+Seconds = float
+MaybeForever = float | None
+
+
+class CreationFlag(enum.Enum):
+    """ClCkptCreationFlagsT: one WR_* update mode, optionally COLLOCATED."""
+
+    WR_ALL_REPLICAS = 1
+    WR_ACTIVE_REPLICA = 2
+    WR_ACTIVE_REPLICA_WEAK = 3
+    CHECKPOINT_COLLOCATED = 4
+
+
+UPDATE_MODES = frozenset(
+    {
+        CreationFlag.WR_ALL_REPLICAS,
+        CreationFlag.WR_ACTIVE_REPLICA,
+        CreationFlag.WR_ACTIVE_REPLICA_WEAK,
+    }
+)
+
+
+class OpenFlag(enum.Flag):
+    READ = enum.auto()
+    WRITE = enum.auto()
+    CREATE = enum.auto()
+
+
+class SectionState(enum.Enum):
+    VALID = 1
+    CORRUPTED = 2
+
+
+class SectionsChosen(enum.Enum):
+    FOREVER = 1
+    LEQ_EXPIRATION_TIME = 2
+    GEQ_EXPIRATION_TIME = 3
+    CORRUPTED = 4
+    ANY = 5
+
+
+@dataclass(frozen=True, slots=True)
+class CreationAttributes:
+    creation_flags: frozenset[CreationFlag]
+    checkpoint_size: int
+    max_section_id_size: int
+    max_sections: int
+    max_section_size: int
+    retention_duration: MaybeForever
+
+    @property
+    def synchronous(self) -> bool:
+        return CreationFlag.WR_ALL_REPLICAS in self.creation_flags
+
+    @property
+    def collocated(self) -> bool:
+        return CreationFlag.CHECKPOINT_COLLOCATED in self.creation_flags
+
+    def same_shape(self, other: CreationAttributes) -> bool:
+        """Attributes that must match when an existing checkpoint is reopened
+        with CREATE: everything but the retention duration."""
+        return (
+            self.creation_flags == other.creation_flags
+            and self.checkpoint_size == other.checkpoint_size
+            and self.max_section_id_size == other.max_section_id_size
+            and self.max_sections == other.max_sections
+            and self.max_section_size == other.max_section_size
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointDescriptor:
+    attributes: CreationAttributes
+    memory_used: int
+    number_of_sections: int
+
+
+@dataclass(frozen=True, slots=True)
+class SectionDescriptor:
+    section_id: bytes
+    expiration_time: MaybeForever
+    section_size: int
+    section_state: SectionState
+    last_update: Seconds
+
+
+@dataclass(frozen=True, slots=True)
+class WriteElement:
+    section_id: bytes
+    data: bytes
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadElement:
+    section_id: bytes
+    offset: int
+    size: int  # 0: to the end of the section
+
+
+DEFAULT_SECTION_ID = b""
