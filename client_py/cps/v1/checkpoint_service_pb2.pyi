@@ -137,6 +137,7 @@ class Callback(_message.Message):
     OPEN_FIELD_NUMBER: _builtins.int
     SYNCHRONIZE_FIELD_NUMBER: _builtins.int
     NOTIFICATION_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Increases by one per callback of the session, so a gap is visible."""
     @_builtins.property
@@ -145,6 +146,8 @@ class Callback(_message.Message):
     def synchronize(self) -> _types_pb2.CheckpointSynchronizeCallback: ...
     @_builtins.property
     def notification(self) -> _types_pb2.CheckpointNotificationCallback: ...
+    @_builtins.property
+    def dropped(self) -> Global___CallbacksDropped: ...
     def __init__(
         self,
         *,
@@ -152,16 +155,41 @@ class Callback(_message.Message):
         open: _types_pb2.CheckpointOpenCallback | None = ...,
         synchronize: _types_pb2.CheckpointSynchronizeCallback | None = ...,
         notification: _types_pb2.CheckpointNotificationCallback | None = ...,
+        dropped: Global___CallbacksDropped | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "notification", b"notification", "open", b"open", "synchronize", b"synchronize"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "kind", b"kind", "notification", b"notification", "open", b"open", "synchronize", b"synchronize"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "notification", b"notification", "open", b"open", "sequence", b"sequence", "synchronize", b"synchronize"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped", b"dropped", "kind", b"kind", "notification", b"notification", "open", b"open", "sequence", b"sequence", "synchronize", b"synchronize"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "synchronize", "notification"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["open", "synchronize", "notification", "dropped"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Callback: _TypeAlias = Callback  # noqa: Y015
+
+@_typing.final
+class CallbacksDropped(_message.Message):
+    """Stands where notifications were dropped because the session's queue was
+    full (the client fell behind): re-read the checkpoints it watches.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many notifications were dropped here."""
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallbacksDropped: _TypeAlias = CallbacksDropped  # noqa: Y015
 
 @_typing.final
 class CallbacksResponse(_message.Message):

@@ -31,6 +31,11 @@ RELEASE_CODE = "B"
 MAJOR_VERSION = 1
 MINOR_VERSION = 1
 
+# Errors of CheckpointOpenAsync returned by the call rather than the callback.
+_CALL_ERRORS = frozenset(
+    {ErrorCode.BAD_HANDLE, ErrorCode.BAD_FLAG, ErrorCode.INVALID_PARAM, ErrorCode.NULL_POINTER}
+)
+
 # ClNameT holds at most 256 bytes including its terminating NUL.
 MAX_NAME_LENGTH = 255
 
@@ -198,13 +203,16 @@ class ReplicaManager:
     ) -> None:
         """Open, then report the outcome on the session's callback queue.
 
-        Only an unknown service handle fails the call itself: there is no
-        stream to report on.
+        As in the seed, parameter errors fail the call itself; what depends on
+        the checkpoint (it exists, its attributes, space) arrives as the
+        callback's error.
         """
         session = self.session(session_id)
         try:
             handle_id = self.open(session_id, name, attributes, flags)
         except CkptError as error:
+            if error.code in _CALL_ERRORS:
+                raise
             session.events.push(OpenCompleted(invocation, 0, error))
         else:
             session.events.push(OpenCompleted(invocation, handle_id, None))

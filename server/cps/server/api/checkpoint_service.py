@@ -1,0 +1,277 @@
+"""CheckpointService servicer: protobuf in, core call, protobuf out."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from cps.server.core.errors import CkptError, ErrorCode
+from cps.server.core.manager import ReplicaManager
+from cps.v1 import checkpoint_service_pb2 as pb
+from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
+from cps.v1 import types_pb2 as t
+
+from . import convert
+from .status import to_status
+
+log = logging.getLogger("cps.api")
+
+Request = TypeVar("Request")
+Response = TypeVar("Response")
+Servicer = TypeVar("Servicer")
+
+
+def seed_call(
+    method: Callable[[Servicer, Request], Response],
+) -> Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
+    """Run a synchronous core call; a CkptError becomes the call's status."""
+
+    @functools.wraps(method)
+    async def handler(
+        self: Servicer, request: Request, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Response:
+        try:
+            return method(self, request)
+        except CkptError as error:
+            log.debug("%s failed: %s", method.__name__, error)
+            await context.abort_with_status(to_status(error))
+            raise  # unreachable: abort raises
+
+    return handler
+
+
+_EMPTY_OPEN_ASYNC = pb.CheckpointOpenAsyncResponse()
+_EMPTY_CLOSE = pb.CheckpointCloseResponse()
+_EMPTY_WRITE = pb.CheckpointWriteResponse()
+_EMPTY_OVERWRITE = pb.SectionOverwriteResponse()
+
+
+class CheckpointService(pb_grpc.CheckpointServiceServicer):
+    def __init__(self, manager: ReplicaManager) -> None:
+        self.manager = manager
+
+    # -- sessions ----------------------------------------------------------
+
+    @seed_call
+    def Initialize(self, request: pb.InitializeRequest) -> pb.InitializeResponse:
+        version = request.version
+        session_id, supported = self.manager.initialize(
+            version.release_code, version.major_version, version.minor_version
+        )
+        return pb.InitializeResponse(
+            service_handle=session_id,
+            version=t.Version(
+                release_code=supported.release_code,
+                major_version=supported.major_version,
+                minor_version=supported.minor_version,
+            ),
+        )
+
+    @seed_call
+    def Finalize(self, request: pb.FinalizeRequest) -> pb.FinalizeResponse:
+        self.manager.finalize(request.service_handle)
+        return pb.FinalizeResponse()
+
+    async def Callbacks(
+        self, request: pb.CallbacksRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.CallbacksResponse]:
+        try:
+            events = self.manager.session(request.service_handle).events
+            if events.on_ready is not None:
+                raise CkptError(
+                    ErrorCode.INUSE, "the session already has a Callbacks stream attached"
+                )
+        except CkptError as error:
+            await context.abort_with_status(to_status(error))
+            return
+        ready = asyncio.Event()
+        events.on_ready = ready.set
+        try:
+            while not events.closed:
+                if not events.queue:
+                    ready.clear()
+                    await ready.wait()
+                    continue
+                batch = []
+                for event in events.take_all():
+                    events.sequence += 1
+                    batch.append(convert.callback_message(events.sequence, event))
+                yield pb.CallbacksResponse(callbacks=batch)
+        finally:
+            if events.on_ready == ready.set:
+                events.on_ready = None
+
+    # -- open / close / delete -------------------------------------------------
+
+    @seed_call
+    def CheckpointOpen(self, request: pb.CheckpointOpenRequest) -> pb.CheckpointOpenResponse:
+        handle = self.manager.open(
+            request.service_handle,
+            request.checkpoint_name,
+            convert.creation_attributes(request),
+            convert.open_flags(request.checkpoint_open_flags),
+        )
+        return pb.CheckpointOpenResponse(checkpoint_handle=handle)
+
+    @seed_call
+    def CheckpointOpenAsync(
+        self, request: pb.CheckpointOpenAsyncRequest
+    ) -> pb.CheckpointOpenAsyncResponse:
+        self.manager.open_async(
+            request.service_handle,
+            request.invocation,
+            request.checkpoint_name,
+            convert.creation_attributes(request),
+            convert.open_flags(request.checkpoint_open_flags),
+        )
+        return _EMPTY_OPEN_ASYNC
+
+    @seed_call
+    def CheckpointClose(self, request: pb.CheckpointCloseRequest) -> pb.CheckpointCloseResponse:
+        self.manager.close(request.checkpoint_handle)
+        return _EMPTY_CLOSE
+
+    @seed_call
+    def CheckpointDelete(self, request: pb.CheckpointDeleteRequest) -> pb.CheckpointDeleteResponse:
+        self.manager.delete(request.service_handle, request.checkpoint_name)
+        return pb.CheckpointDeleteResponse()
+
+    @seed_call
+    def CheckpointRetentionDurationSet(
+        self, request: pb.CheckpointRetentionDurationSetRequest
+    ) -> pb.CheckpointRetentionDurationSetResponse:
+        duration = convert.retention(
+            request.retention_duration, request.HasField("retention_duration")
+        )
+        self.manager.retention_duration_set(request.checkpoint_handle, duration)
+        return pb.CheckpointRetentionDurationSetResponse()
+
+    @seed_call
+    def ActiveReplicaSet(self, request: pb.ActiveReplicaSetRequest) -> pb.ActiveReplicaSetResponse:
+        self.manager.active_replica_set(request.checkpoint_handle)
+        return pb.ActiveReplicaSetResponse()
+
+    @seed_call
+    def CheckpointStatusGet(
+        self, request: pb.CheckpointStatusGetRequest
+    ) -> pb.CheckpointStatusGetResponse:
+        descriptor = self.manager.status_get(request.checkpoint_handle)
+        return pb.CheckpointStatusGetResponse(
+            checkpoint_status=convert.descriptor_message(descriptor)
+        )
+
+    # -- sections ------------------------------------------------------------
+
+    @seed_call
+    def SectionCreate(self, request: pb.SectionCreateRequest) -> pb.SectionCreateResponse:
+        attributes = request.section_creation_attributes
+        section_id = attributes.section_id.id if attributes.HasField("section_id") else None
+        expiration = convert.expiration(
+            attributes.expiration_time,
+            attributes.HasField("expiration_time"),
+            default_never=True,
+        )
+        created = self.manager.section_create(
+            request.checkpoint_handle, section_id, expiration, request.initial_data
+        )
+        return pb.SectionCreateResponse(section_id=t.SectionId(id=created))
+
+    @seed_call
+    def SectionDelete(self, request: pb.SectionDeleteRequest) -> pb.SectionDeleteResponse:
+        self.manager.section_delete(request.checkpoint_handle, request.section_id.id)
+        return pb.SectionDeleteResponse()
+
+    @seed_call
+    def SectionExpirationTimeSet(
+        self, request: pb.SectionExpirationTimeSetRequest
+    ) -> pb.SectionExpirationTimeSetResponse:
+        expiration = convert.expiration(
+            request.expiration_time, request.HasField("expiration_time"), default_never=False
+        )
+        self.manager.section_expiration_time_set(
+            request.checkpoint_handle, request.section_id.id, expiration
+        )
+        return pb.SectionExpirationTimeSetResponse()
+
+    @seed_call
+    def SectionIterationInitialize(
+        self, request: pb.SectionIterationInitializeRequest
+    ) -> pb.SectionIterationInitializeResponse:
+        time = (
+            convert.time_of(request.expiration_time)
+            if request.HasField("expiration_time")
+            else None
+        )
+        iteration = self.manager.iteration_initialize(
+            request.checkpoint_handle, convert.sections_chosen(request.sections_chosen), time
+        )
+        return pb.SectionIterationInitializeResponse(section_iteration_handle=iteration)
+
+    @seed_call
+    def SectionIterationNext(
+        self, request: pb.SectionIterationNextRequest
+    ) -> pb.SectionIterationNextResponse:
+        descriptor = self.manager.iteration_next(request.section_iteration_handle)
+        if descriptor is None:
+            return pb.SectionIterationNextResponse(no_more_sections=True)
+        return pb.SectionIterationNextResponse(
+            section_descriptor=convert.section_descriptor_message(descriptor)
+        )
+
+    @seed_call
+    def SectionIterationFinalize(
+        self, request: pb.SectionIterationFinalizeRequest
+    ) -> pb.SectionIterationFinalizeResponse:
+        self.manager.iteration_finalize(request.section_iteration_handle)
+        return pb.SectionIterationFinalizeResponse()
+
+    # -- data ----------------------------------------------------------------
+
+    @seed_call
+    def CheckpointWrite(self, request: pb.CheckpointWriteRequest) -> pb.CheckpointWriteResponse:
+        self.manager.write(request.checkpoint_handle, convert.write_elements(request.io_vector))
+        return _EMPTY_WRITE
+
+    @seed_call
+    def SectionOverwrite(self, request: pb.SectionOverwriteRequest) -> pb.SectionOverwriteResponse:
+        self.manager.overwrite(
+            request.checkpoint_handle, request.section_id.id, request.data_buffer
+        )
+        return _EMPTY_OVERWRITE
+
+    @seed_call
+    def CheckpointRead(self, request: pb.CheckpointReadRequest) -> pb.CheckpointReadResponse:
+        vector = request.io_vector
+        data = self.manager.read(request.checkpoint_handle, convert.read_elements(vector))
+        response = pb.CheckpointReadResponse()
+        response.io_vector.extend(vector)
+        for element, chunk in zip(response.io_vector, data, strict=True):
+            element.data_buffer = chunk
+            element.read_size = len(chunk)
+        return response
+
+    @seed_call
+    def CheckpointSynchronize(
+        self, request: pb.CheckpointSynchronizeRequest
+    ) -> pb.CheckpointSynchronizeResponse:
+        self.manager.synchronize(request.checkpoint_handle)
+        return pb.CheckpointSynchronizeResponse()
+
+    @seed_call
+    def CheckpointSynchronizeAsync(
+        self, request: pb.CheckpointSynchronizeAsyncRequest
+    ) -> pb.CheckpointSynchronizeAsyncResponse:
+        self.manager.synchronize_async(request.checkpoint_handle, request.invocation)
+        return pb.CheckpointSynchronizeAsyncResponse()
+
+    @seed_call
+    def ImmediateConsumptionRegister(
+        self, request: pb.ImmediateConsumptionRegisterRequest
+    ) -> pb.ImmediateConsumptionRegisterResponse:
+        self.manager.immediate_consumption_register(request.checkpoint_handle)
+        return pb.ImmediateConsumptionRegisterResponse()

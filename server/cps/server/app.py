@@ -1,0 +1,83 @@
+"""Assemble and run one CPS node: services, health, reflection, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cps.v1 import checkpoint_service_pb2, checkpoint_service_pb2_grpc
+
+from .api.checkpoint_service import CheckpointService
+from .config import Settings
+from .core.clock import LoopClock
+from .core.manager import ReplicaManager
+
+log = logging.getLogger("cps.server")
+
+CHECKPOINT_SERVICE = checkpoint_service_pb2.DESCRIPTOR.services_by_name[
+    "CheckpointService"
+].full_name
+
+
+class Node:
+    """A running node: the grpc.aio server and what it serves."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.manager = ReplicaManager(LoopClock(), settings.limits)
+        self.health = health.aio.HealthServicer()
+        keepalive_ms = int(settings.keepalive_seconds * 1000)
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.keepalive_time_ms", keepalive_ms),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                # Let clients ping every 10 s without being cut off.
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+        )
+        checkpoint_service_pb2_grpc.add_CheckpointServiceServicer_to_server(
+            CheckpointService(self.manager), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (CHECKPOINT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {settings.listen}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        for service in ("", CHECKPOINT_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"listen": self.settings.listen, "port": self.port})
+
+    async def stop(self) -> None:
+        """Graceful stop: report NOT_SERVING, let in-flight calls finish
+        within the grace period, then close."""
+        await self.health.enter_graceful_shutdown()
+        log.info("stopping", extra={"grace_seconds": self.settings.grace_seconds})
+        for session_id in list(self.manager.sessions):
+            self.manager.sessions[session_id].events.close()  # ends callback streams
+        await self.server.stop(self.settings.grace_seconds)
+        log.info("stopped")
+
+
+async def serve(settings: Settings) -> None:
+    node = Node(settings)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await node.stop()

@@ -1,0 +1,76 @@
+"""Command-line flags of cps-server; every limit is one."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+from .core.manager import Limits
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str
+    max_message_bytes: int
+    grace_seconds: float
+    log_level: str
+    keepalive_seconds: float
+    limits: Limits
+
+
+def _limit_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="cps-server",
+        description="CPS node: the OpenClovis checkpoint service over gRPC.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:50051", help="HOST:PORT to serve on (port 0: any free)"
+    )
+    parser.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=80 * MiB,
+        help="largest gRPC message received or sent",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=10.0,
+        help="on SIGTERM/SIGINT, how long in-flight calls may finish",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--keepalive-seconds",
+        type=float,
+        default=30.0,
+        help="interval of HTTP/2 keepalive pings to clients",
+    )
+    defaults = Limits()
+    for field in fields(Limits):
+        parser.add_argument(
+            _limit_flag(field.name),
+            type=int,
+            default=getattr(defaults, field.name),
+            help=f"limit: {field.name.replace('_', ' ')}",
+        )
+    args = parser.parse_args(argv)
+    limits = Limits(**{field.name: getattr(args, field.name) for field in fields(Limits)})
+    for field in fields(Limits):
+        if getattr(limits, field.name) < 1:
+            parser.error(f"{_limit_flag(field.name)} must be at least 1")
+    return Settings(
+        listen=args.listen,
+        max_message_bytes=args.max_message_bytes,
+        grace_seconds=args.grace_seconds,
+        log_level=args.log_level,
+        keepalive_seconds=args.keepalive_seconds,
+        limits=limits,
+    )

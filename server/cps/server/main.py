@@ -1,0 +1,25 @@
+"""Entry point of the `cps-server` console script."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from . import config, logs
+from .app import serve
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = config.parse(argv)
+    logs.configure(settings.log_level)
+    try:
+        asyncio.run(serve(settings))
+    except OSError as error:
+        print(f"cps-server: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
