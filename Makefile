@@ -17,7 +17,7 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
 
 # Regenerate the Python stubs and their typed .pyi from protos/.
-proto:
+proto: $(STAMP)
 	rm -f $(PY_OUT)/cps/v1/*_pb2*.py $(PY_OUT)/cps/v1/*_pb2*.pyi
 	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
 		--python_out=$(PY_OUT) --grpc_python_out=$(PY_OUT) \
@@ -32,19 +32,19 @@ proto-check: proto
 	@test -z "$$(git status --porcelain -- $(PY_OUT)/cps/v1)" || \
 		{ echo "untracked generated files:"; git status --porcelain -- $(PY_OUT)/cps/v1; exit 1; }
 
-lint:
+lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server client_py tests bench
 	cd $(PROTO_DIR) && ../$(BIN)/buf lint
 
-test:
+test: $(STAMP)
 	$(BIN)/pytest -q
 
-run:
+run: $(STAMP)
 	$(BIN)/cps-server --listen $(LISTEN)
 
-bench:
+bench: $(STAMP)
 	$(BIN)/python -m bench.run --out bench/RESULTS.md
 
 # A short run (1 s per scenario, in-flight 1 and 16), printed only.
@@ -53,7 +53,7 @@ bench-quick:
 
 # Regenerate the committed etcd KV stubs (message classes and typed .pyi) used
 # by the etcd reference of the benchmark.
-bench-proto:
+bench-proto: $(STAMP)
 	rm -f bench/gen/*_pb2*.py bench/gen/*_pb2*.pyi
 	$(BIN)/python -m grpc_tools.protoc -I bench/protos --python_out=bench/gen \
 		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=bench/gen \
