@@ -51,12 +51,14 @@ class Node:
         reflection.enable_server_reflection(
             (CHECKPOINT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
+        self._reaper: asyncio.Task[None] | None = None
         self.port = self.server.add_insecure_port(settings.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.listen}")
 
     async def start(self) -> None:
         await self.server.start()
+        self._reaper = asyncio.create_task(self._reap_idle_sessions())
         for service in ("", CHECKPOINT_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"listen": self.settings.listen, "port": self.port})
@@ -64,12 +66,21 @@ class Node:
     async def stop(self) -> None:
         """Graceful stop: report NOT_SERVING, let in-flight calls finish
         within the grace period, then close."""
+        if self._reaper is not None:
+            self._reaper.cancel()
         await self.health.enter_graceful_shutdown()
         log.info("stopping", extra={"grace_seconds": self.settings.grace_seconds})
         for session_id in list(self.manager.sessions):
             self.manager.sessions[session_id].events.close()  # ends callback streams
         await self.server.stop(self.settings.grace_seconds)
         log.info("stopped")
+
+    async def _reap_idle_sessions(self) -> None:
+        interval = self.settings.session_timeout_seconds / 2
+        while True:
+            await asyncio.sleep(interval)
+            for session_id in self.manager.sweep_idle_sessions():
+                log.info("session reaped", extra={"session": session_id})
 
 
 async def serve(settings: Settings) -> None:

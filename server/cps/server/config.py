@@ -18,6 +18,7 @@ class Settings:
     grace_seconds: float
     log_level: str
     keepalive_seconds: float
+    session_timeout_seconds: float
     limits: Limits
 
 
@@ -53,6 +54,12 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         default=30.0,
         help="interval of HTTP/2 keepalive pings to clients",
     )
+    parser.add_argument(
+        "--session-timeout-seconds",
+        type=float,
+        default=30.0,
+        help="a session with no Callbacks stream and no calls for this long is finalized",
+    )
     defaults = Limits()
     for field in fields(Limits):
         parser.add_argument(
@@ -72,5 +79,6 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         grace_seconds=args.grace_seconds,
         log_level=args.log_level,
         keepalive_seconds=args.keepalive_seconds,
+        session_timeout_seconds=args.session_timeout_seconds,
         limits=limits,
     )

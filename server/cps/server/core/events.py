@@ -61,33 +61,35 @@ class SessionEvents:
         self.sequence = 0  # of the last event taken
         self.on_ready: Callable[[], None] | None = None
         self.closed = False
+        # The newest waiting notification of each handle: merging under
+        # pressure is O(1), so a stalled consumer never slows a writer.
+        self._latest: dict[int, Notification] = {}
 
     def push(self, event: Event) -> None:
         if self.closed:
             return
-        if isinstance(event, Notification) and len(self.queue) >= self.max_depth:
-            if self._merge(event):
-                return
-            self._drop_oldest_notification()
+        if isinstance(event, Notification):
+            if len(self.queue) >= self.max_depth:
+                waiting = self._latest.get(event.handle)
+                if waiting is not None:
+                    for section_id, change in event.changes:
+                        _record(waiting.changes, section_id, change)
+                    return
+                self._drop_oldest_notification()
+            self._latest[event.handle] = event
         self.queue.append(event)
         if self.on_ready is not None:
             self.on_ready()
-
-    def _merge(self, event: Notification) -> bool:
-        for waiting in self.queue:
-            if isinstance(waiting, Notification) and waiting.handle == event.handle:
-                for section_id, change in event.changes:
-                    _record(waiting.changes, section_id, change)
-                return True
-        return False
 
     def _drop_oldest_notification(self) -> None:
         for index, waiting in enumerate(self.queue):
             if isinstance(waiting, Notification):
                 del self.queue[index]
+                if self._latest.get(waiting.handle) is waiting:
+                    del self._latest[waiting.handle]
                 break
         else:
-            return  # only completions wait: let the queue exceed its depth
+            return  # only completions wait: they are never dropped
         if self.queue and isinstance(self.queue[0], EventsLost):
             self.queue[0].count += 1
         else:
@@ -96,6 +98,7 @@ class SessionEvents:
     def take_all(self) -> list[Event]:
         events = list(self.queue)
         self.queue.clear()
+        self._latest.clear()
         return events
 
     def drop_handle(self, handle: int) -> None:
@@ -105,10 +108,12 @@ class SessionEvents:
             for e in self.queue
             if not (isinstance(e, Notification | OpenCompleted) and e.handle == handle)
         )
+        self._latest.pop(handle, None)
 
     def close(self) -> None:
         self.closed = True
         self.queue.clear()
+        self._latest.clear()
         if self.on_ready is not None:
             self.on_ready()
 

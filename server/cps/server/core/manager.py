@@ -59,12 +59,21 @@ class Limits:
 
 
 class Session:
-    __slots__ = ("events", "handles", "session_id")
+    __slots__ = ("events", "handles", "idle_sweeps", "session_id", "touched")
 
     def __init__(self, session_id: int, max_queue: int) -> None:
         self.session_id = session_id
         self.handles: dict[int, Handle] = {}
         self.events = SessionEvents(max_queue)
+        # Liveness: set by every call that names the session or one of its
+        # handles; the idle sweep reads and clears it.
+        self.touched = True
+        self.idle_sweeps = 0
+
+    @property
+    def attached(self) -> bool:
+        """A Callbacks stream is draining this session's events."""
+        return self.events.on_ready is not None
 
 
 class Handle:
@@ -138,7 +147,25 @@ class ReplicaManager:
         session = self.sessions.get(session_id)
         if session is None:
             raise CkptError(ErrorCode.BAD_HANDLE, f"service handle {session_id} is not initialized")
+        session.touched = True
         return session
+
+    def sweep_idle_sessions(self) -> list[int]:
+        """Finalize sessions that were neither attached to a Callbacks stream
+        nor used during two sweeps in a row (a client that vanished: its
+        checkpoints close, so their retention timers start). Returns the
+        reaped session ids. Run it every session_timeout / 2."""
+        reaped = []
+        for session in list(self.sessions.values()):
+            if session.attached or session.touched:
+                session.touched = False
+                session.idle_sweeps = 0
+                continue
+            session.idle_sweeps += 1
+            if session.idle_sweeps >= 2:
+                self.finalize(session.session_id)
+                reaped.append(session.session_id)
+        return reaped
 
     def finalize(self, session_id: int) -> None:
         session = self.session(session_id)
@@ -284,6 +311,7 @@ class ReplicaManager:
         handle = self.handles.get(handle_id)
         if handle is None:
             raise CkptError(ErrorCode.INVALID_HANDLE, f"checkpoint handle {handle_id} is not open")
+        handle.session.touched = True
         return handle
 
     def close(self, handle_id: int) -> None:
@@ -432,6 +460,7 @@ class ReplicaManager:
             raise CkptError(
                 ErrorCode.INVALID_HANDLE, f"section iteration handle {iteration_id} is not open"
             )
+        iteration.handle.session.touched = True
         return iteration
 
     # -- data ---------------------------------------------------------------
