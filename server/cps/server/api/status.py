@@ -32,6 +32,9 @@ STATUS_CODES: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorCode.TRY_AGAIN: grpc.StatusCode.UNAVAILABLE,
     ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+    ErrorCode.LIB_INVALID_HANDLE: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.LIB_NOT_EXIST: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.LIB_INVALID_PARAMETER: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 
+from .changelog import ChangeLog, NoChangeLog
 from .clock import Clock, Timer
 from .errors import CkptError, ErrorCode, no_active_replica
 from .types import (
@@ -65,8 +66,10 @@ class Checkpoint:
         attributes: CreationAttributes,
         clock: Clock,
         on_change: ChangeListener | None = None,
+        changelog: ChangeLog | None = None,
     ) -> None:
         self.name = name
+        self.changelog = changelog or NoChangeLog()
         self.attributes = attributes
         self.retention_duration = attributes.retention_duration
         self.clock = clock
@@ -76,7 +79,7 @@ class Checkpoint:
         self.unlinked = False
         # A collocated checkpoint has no active replica until ActiveReplicaSet.
         self.has_active_replica = not attributes.collocated
-        self._generated_ids = 0
+        self.generated_ids = 0  # the last generated section id's number
         if attributes.max_sections == 1:
             self.sections[DEFAULT_SECTION_ID] = Section(DEFAULT_SECTION_ID, b"", None, clock.now())
 
@@ -95,8 +98,15 @@ class Checkpoint:
         self.memory_used = 0
 
     def _notify(self, changes: list[tuple[bytes, Change]]) -> None:
+        if not self.unlinked:  # an unlinked instance is gone after a restart anyway
+            for section_id, _ in changes:
+                self.changelog.mark(("section", self.name, section_id))
         if self.on_change is not None:
             self.on_change(self, changes)
+
+    def _persist_meta(self) -> None:
+        if not self.unlinked:
+            self.changelog.mark(("checkpoint-meta", self.name))
 
     # -- sections --------------------------------------------------------
 
@@ -123,10 +133,11 @@ class Checkpoint:
         # Monotonic, so a generated id is never handed out twice; skip ids
         # the application chose itself.
         while True:
-            self._generated_ids += 1
-            candidate = str(self._generated_ids).encode()
+            self.generated_ids += 1
+            candidate = str(self.generated_ids).encode()
             if candidate not in self.sections:
                 break
+        self._persist_meta()
         if len(candidate) > self.attributes.max_section_id_size:
             raise CkptError(
                 ErrorCode.NO_SPACE,
@@ -183,6 +194,21 @@ class Checkpoint:
         self._notify([(section_id, Change.CREATED)])
         return section_id
 
+    def restore_section(
+        self,
+        section_id: bytes,
+        data: bytes,
+        expiration: MaybeForever,
+        state: SectionState,
+        last_update: float,
+    ) -> None:
+        """Put back a section read from storage (no notification, no mark)."""
+        section = Section(section_id, data, expiration, last_update)
+        section.state = state
+        self.sections[section_id] = section
+        self.memory_used += len(data)
+        self._arm_expiry(section)
+
     def section_delete(self, section_id: bytes) -> None:
         if section_id == DEFAULT_SECTION_ID:
             raise CkptError(ErrorCode.INVALID_PARAM, "the default section cannot be deleted")
@@ -206,6 +232,8 @@ class Checkpoint:
             section.expiry_timer = None
         section.expiration_time = expiration
         self._arm_expiry(section)
+        if not self.unlinked:
+            self.changelog.mark(("section", self.name, section_id))
 
     def _arm_expiry(self, section: Section) -> None:
         if section.expiration_time is None:

@@ -26,6 +26,10 @@ class ErrorCode(enum.Enum):
     NOT_EXIST = "CL_CKPT_ERR_NOT_EXIST"
     NO_SPACE = "CL_CKPT_ERR_NO_SPACE"
     INTERNAL = "CL_CKPT_INTERNAL_ERROR"
+    # The library (file) based API of the seed (3.3) uses the generic names.
+    LIB_INVALID_HANDLE = "CL_ERR_INVALID_HANDLE"
+    LIB_NOT_EXIST = "CL_ERR_NOT_EXIST"
+    LIB_INVALID_PARAMETER = "CL_ERR_INVALID_PARAMETER"
 
 
 class CkptError(Exception):

@@ -24,6 +24,7 @@ class OpenCompleted:
 @dataclass(slots=True)
 class SynchronizeCompleted:
     invocation: int
+    handle: int
     error: CkptError | None
 
 
@@ -103,11 +104,7 @@ class SessionEvents:
 
     def drop_handle(self, handle: int) -> None:
         """Cancel the pending callbacks of a closed handle."""
-        self.queue = deque(
-            e
-            for e in self.queue
-            if not (isinstance(e, Notification | OpenCompleted) and e.handle == handle)
-        )
+        self.queue = deque(e for e in self.queue if isinstance(e, EventsLost) or e.handle != handle)
         self._latest.pop(handle, None)
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import random
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, replace
 
+from .changelog import ChangeLog, NoChangeLog
 from .checkpoint import Change, Checkpoint
 from .clock import Clock, Timer
 from .errors import CkptError, ErrorCode
@@ -108,9 +109,12 @@ class Iteration:
 
 
 class ReplicaManager:
-    def __init__(self, clock: Clock, limits: Limits | None = None) -> None:
+    def __init__(
+        self, clock: Clock, limits: Limits | None = None, changelog: ChangeLog | None = None
+    ) -> None:
         self.clock = clock
         self.limits = limits or Limits()
+        self.changelog = changelog or NoChangeLog()
         self.sessions: dict[int, Session] = {}
         self.handles: dict[int, Handle] = {}
         self.iterations: dict[int, Iteration] = {}
@@ -291,15 +295,41 @@ class ReplicaManager:
                 f"the node cannot reserve {attributes.checkpoint_size} more bytes "
                 f"({self.reserved_bytes} of {self.limits.max_reserved_bytes} reserved)",
             )
-        checkpoint = Checkpoint(name, attributes, self.clock, self._on_change)
+        checkpoint = Checkpoint(name, attributes, self.clock, self._on_change, self.changelog)
+        self.checkpoints[name] = checkpoint
+        self._openers[checkpoint] = set()
+        self.reserved_bytes += attributes.checkpoint_size
+        self.changelog.mark(("checkpoint", name))
+        return checkpoint
+
+    def restore(
+        self,
+        name: str,
+        attributes: CreationAttributes,
+        has_active_replica: bool,
+        generated_ids: int,
+    ) -> Checkpoint:
+        """Put back a checkpoint read from storage at start-up. Nobody has it
+        open, as after the last close, so its retention timer starts (call
+        after its sections are restored: see start_retention_of_restored)."""
+        checkpoint = Checkpoint(name, attributes, self.clock, self._on_change, self.changelog)
+        checkpoint.sections.clear()  # the stored sections include the default one
+        checkpoint.has_active_replica = has_active_replica
+        checkpoint.generated_ids = generated_ids
         self.checkpoints[name] = checkpoint
         self._openers[checkpoint] = set()
         self.reserved_bytes += attributes.checkpoint_size
         return checkpoint
 
+    def start_retention_of_restored(self) -> None:
+        for checkpoint in list(self.checkpoints.values()):
+            if not self._openers[checkpoint]:
+                self._start_retention(checkpoint)
+
     def _free(self, checkpoint: Checkpoint) -> None:
         if self.checkpoints.get(checkpoint.name) is checkpoint:
             del self.checkpoints[checkpoint.name]
+            self.changelog.mark(("checkpoint", checkpoint.name))
         timer = self._retention_timers.pop(checkpoint, None)
         if timer is not None:
             timer.cancel()
@@ -354,6 +384,7 @@ class ReplicaManager:
             raise CkptError(ErrorCode.NOT_EXIST, f"checkpoint {name!r} does not exist")
         del self.checkpoints[name]
         checkpoint.unlinked = True
+        self.changelog.mark(("checkpoint", name))
         if not self._openers[checkpoint]:
             self._free(checkpoint)
 
@@ -366,6 +397,7 @@ class ReplicaManager:
         if duration is not None and duration < 0:
             raise CkptError(ErrorCode.INVALID_PARAM, "retention duration must not be negative")
         checkpoint.retention_duration = duration
+        self.changelog.mark(("checkpoint-meta", checkpoint.name))
 
     def active_replica_set(self, handle_id: int) -> None:
         handle = self.handle(handle_id)
@@ -381,7 +413,9 @@ class ReplicaManager:
                 "its active replica",
             )
         handle.require(OpenFlag.WRITE, "ActiveReplicaSet")
-        checkpoint.has_active_replica = True
+        if not checkpoint.has_active_replica:
+            checkpoint.has_active_replica = True
+            self.changelog.mark(("checkpoint-meta", checkpoint.name))
 
     def status_get(self, handle_id: int) -> CheckpointDescriptor:
         checkpoint = self.handle(handle_id).checkpoint
@@ -502,7 +536,9 @@ class ReplicaManager:
 
     def synchronize_async(self, handle_id: int, invocation: int) -> None:
         self.synchronize(handle_id)
-        self.handle(handle_id).session.events.push(SynchronizeCompleted(invocation, None))
+        self.handle(handle_id).session.events.push(
+            SynchronizeCompleted(invocation, handle_id, None)
+        )
 
     def immediate_consumption_register(self, handle_id: int) -> None:
         self.handle(handle_id).notify = True

@@ -63,7 +63,9 @@ class CreationAttributes:
 
     @property
     def collocated(self) -> bool:
-        return CreationFlag.CHECKPOINT_COLLOCATED in self.creation_flags
+        """Asynchronous collocated: the application picks the active replica
+        (SAF: COLLOCATED has no effect on a synchronous checkpoint)."""
+        return CreationFlag.CHECKPOINT_COLLOCATED in self.creation_flags and not self.synchronous
 
     def same_shape(self, other: CreationAttributes) -> bool:
         """Attributes that must match when an existing checkpoint is reopened
