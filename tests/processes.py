@@ -35,8 +35,9 @@ class ServerProcess:
         with tempfile.TemporaryDirectory() as folder:
             log_path = Path(folder) / "server.log"
             with log_path.open("wb") as log:
+                data = ["--data-dir", str(Path(folder) / "data")]
                 popen = subprocess.Popen(
-                    [SERVER, "--listen", "127.0.0.1:0", *flags], stderr=log, stdout=log
+                    [SERVER, "--listen", "127.0.0.1:0", *data, *flags], stderr=log, stdout=log
                 )
             try:
                 port = _wait_for_port(popen, log_path, timeout)

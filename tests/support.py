@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +22,17 @@ from cps.v1 import types_pb2 as t
 
 @contextmanager
 def running_node(*flags: str) -> Iterator[Node]:
-    """A Node serving on 127.0.0.1 (a free port) in its own thread and loop."""
+    """A Node serving on 127.0.0.1 (a free port) in its own thread and loop,
+    with a fresh data directory unless --data-dir is given."""
+    with (
+        tempfile.TemporaryDirectory() as data_dir,
+        _running_node(["--data-dir", data_dir, *flags]) as node,
+    ):
+        yield node
+
+
+@contextmanager
+def _running_node(flags: list[str]) -> Iterator[Node]:
     settings = parse(["--listen", "127.0.0.1:0", "--grace-seconds", "1", *flags])
     loop = asyncio.new_event_loop()
     started = threading.Event()

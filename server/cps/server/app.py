@@ -10,17 +10,30 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cps.v1 import checkpoint_service_pb2, checkpoint_service_pb2_grpc
+from cps.v1 import (
+    checkpoint_service_pb2,
+    checkpoint_service_pb2_grpc,
+    library_service_pb2,
+    library_service_pb2_grpc,
+)
 
 from .api.checkpoint_service import CheckpointService
+from .api.library_service import LibraryCheckpointService
 from .config import Settings
 from .core.clock import LoopClock
+from .core.library import LibraryManager
 from .core.manager import ReplicaManager
+from .storage.journal import Journal
+from .storage.mapping import restore_checkpoints, restore_library
+from .storage.sqlite_store import SqliteStore
 
 log = logging.getLogger("cps.server")
 
 CHECKPOINT_SERVICE = checkpoint_service_pb2.DESCRIPTOR.services_by_name[
     "CheckpointService"
+].full_name
+LIBRARY_SERVICE = library_service_pb2.DESCRIPTOR.services_by_name[
+    "LibraryCheckpointService"
 ].full_name
 
 
@@ -28,8 +41,23 @@ class Node:
     """A running node: the grpc.aio server and what it serves."""
 
     def __init__(self, settings: Settings) -> None:
+        """Open the store and load what it holds; call on the running loop."""
         self.settings = settings
-        self.manager = ReplicaManager(LoopClock(), settings.limits)
+        self.journal = Journal(SqliteStore.open(settings.data_dir, settings.sync))
+        self.library = LibraryManager(self.journal, settings.limits.max_section_size)
+        self.journal.library = self.library
+        restore_library(self.journal.store, self.library)
+        persist = settings.persist_server_checkpoints
+        self.manager = ReplicaManager(
+            LoopClock(), settings.limits, self.journal if persist else None
+        )
+        if persist:
+            self.journal.replicas = self.manager
+            restored = restore_checkpoints(self.journal.store, self.manager)
+            log.info(
+                "store loaded",
+                extra={"checkpoints": restored, "path": str(self.journal.store.path)},
+            )
         self.health = health.aio.HealthServicer()
         keepalive_ms = int(settings.keepalive_seconds * 1000)
         self.server = grpc.aio.server(
@@ -45,11 +73,15 @@ class Node:
             ]
         )
         checkpoint_service_pb2_grpc.add_CheckpointServiceServicer_to_server(
-            CheckpointService(self.manager), self.server
+            CheckpointService(self.manager, self.journal if persist else None), self.server
+        )
+        library_service_pb2_grpc.add_LibraryCheckpointServiceServicer_to_server(
+            LibraryCheckpointService(self.library, self.journal), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (CHECKPOINT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+            (CHECKPOINT_SERVICE, LIBRARY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server,
         )
         self._reaper: asyncio.Task[None] | None = None
         self.port = self.server.add_insecure_port(settings.listen)
@@ -59,7 +91,7 @@ class Node:
     async def start(self) -> None:
         await self.server.start()
         self._reaper = asyncio.create_task(self._reap_idle_sessions())
-        for service in ("", CHECKPOINT_SERVICE):
+        for service in ("", CHECKPOINT_SERVICE, LIBRARY_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"listen": self.settings.listen, "port": self.port})
 
@@ -73,6 +105,7 @@ class Node:
         for session_id in list(self.manager.sessions):
             self.manager.sessions[session_id].events.close()  # ends callback streams
         await self.server.stop(self.settings.grace_seconds)
+        await self.journal.close()
         log.info("stopped")
 
     async def _reap_idle_sessions(self) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from .core.manager import Limits
 
@@ -19,7 +21,17 @@ class Settings:
     log_level: str
     keepalive_seconds: float
     session_timeout_seconds: float
+    data_dir: Path
+    persist_server_checkpoints: bool
+    sync: str
     limits: Limits
+
+
+def default_data_dir() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local/state"
+    )
+    return Path(state) / "cps"
 
 
 def _limit_flag(name: str) -> str:
@@ -60,6 +72,26 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         default=30.0,
         help="a session with no Callbacks stream and no calls for this long is finalized",
     )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default_data_dir(),
+        help="where the node keeps its SQLite store",
+    )
+    parser.add_argument(
+        "--persist-server-checkpoints",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep server checkpoints in the store too, so they survive a restart "
+        "(the seed: with no peer for a backup, replicate in persistent memory)",
+    )
+    parser.add_argument(
+        "--sync",
+        choices=["full", "normal"],
+        default="full",
+        help="SQLite synchronous mode: full survives power loss, normal survives a "
+        "crash of the server process only",
+    )
     defaults = Limits()
     for field in fields(Limits):
         parser.add_argument(
@@ -80,5 +112,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         log_level=args.log_level,
         keepalive_seconds=args.keepalive_seconds,
         session_timeout_seconds=args.session_timeout_seconds,
+        data_dir=args.data_dir,
+        persist_server_checkpoints=args.persist_server_checkpoints,
+        sync=args.sync.upper(),
         limits=limits,
     )

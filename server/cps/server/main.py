@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from . import config, logs
 from .app import serve
+from .storage.sqlite_store import StoreError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -15,7 +16,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(settings.log_level)
     try:
         asyncio.run(serve(settings))
-    except OSError as error:
+    except (OSError, StoreError) as error:
         print(f"cps-server: {error}", file=sys.stderr)
         return 1
     return 0

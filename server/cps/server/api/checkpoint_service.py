@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -17,33 +15,8 @@ from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
 from cps.v1 import types_pb2 as t
 
 from . import convert
+from .calls import Durability, InMemory, seed_call, seed_mutation
 from .status import to_status
-
-log = logging.getLogger("cps.api")
-
-Request = TypeVar("Request")
-Response = TypeVar("Response")
-Servicer = TypeVar("Servicer")
-
-
-def seed_call(
-    method: Callable[[Servicer, Request], Response],
-) -> Callable[[Servicer, Request, grpc.aio.ServicerContext[Any, Any]], Awaitable[Response]]:
-    """Run a synchronous core call; a CkptError becomes the call's status."""
-
-    @functools.wraps(method)
-    async def handler(
-        self: Servicer, request: Request, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Response:
-        try:
-            return method(self, request)
-        except CkptError as error:
-            log.debug("%s failed: %s", method.__name__, error)
-            await context.abort_with_status(to_status(error))
-            raise  # unreachable: abort raises
-
-    return handler
-
 
 _EMPTY_OPEN_ASYNC = pb.CheckpointOpenAsyncResponse()
 _EMPTY_CLOSE = pb.CheckpointCloseResponse()
@@ -52,8 +25,9 @@ _EMPTY_OVERWRITE = pb.SectionOverwriteResponse()
 
 
 class CheckpointService(pb_grpc.CheckpointServiceServicer):
-    def __init__(self, manager: ReplicaManager) -> None:
+    def __init__(self, manager: ReplicaManager, durability: Durability | None = None) -> None:
         self.manager = manager
+        self.durability = durability or InMemory()
 
     # -- sessions ----------------------------------------------------------
 
@@ -108,7 +82,7 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
 
     # -- open / close / delete -------------------------------------------------
 
-    @seed_call
+    @seed_mutation
     def CheckpointOpen(self, request: pb.CheckpointOpenRequest) -> pb.CheckpointOpenResponse:
         handle = self.manager.open(
             request.service_handle,
@@ -118,7 +92,7 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
         )
         return pb.CheckpointOpenResponse(checkpoint_handle=handle)
 
-    @seed_call
+    @seed_mutation
     def CheckpointOpenAsync(
         self, request: pb.CheckpointOpenAsyncRequest
     ) -> pb.CheckpointOpenAsyncResponse:
@@ -136,12 +110,12 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
         self.manager.close(request.checkpoint_handle)
         return _EMPTY_CLOSE
 
-    @seed_call
+    @seed_mutation
     def CheckpointDelete(self, request: pb.CheckpointDeleteRequest) -> pb.CheckpointDeleteResponse:
         self.manager.delete(request.service_handle, request.checkpoint_name)
         return pb.CheckpointDeleteResponse()
 
-    @seed_call
+    @seed_mutation
     def CheckpointRetentionDurationSet(
         self, request: pb.CheckpointRetentionDurationSetRequest
     ) -> pb.CheckpointRetentionDurationSetResponse:
@@ -151,7 +125,7 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
         self.manager.retention_duration_set(request.checkpoint_handle, duration)
         return pb.CheckpointRetentionDurationSetResponse()
 
-    @seed_call
+    @seed_mutation
     def ActiveReplicaSet(self, request: pb.ActiveReplicaSetRequest) -> pb.ActiveReplicaSetResponse:
         self.manager.active_replica_set(request.checkpoint_handle)
         return pb.ActiveReplicaSetResponse()
@@ -167,7 +141,7 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
 
     # -- sections ------------------------------------------------------------
 
-    @seed_call
+    @seed_mutation
     def SectionCreate(self, request: pb.SectionCreateRequest) -> pb.SectionCreateResponse:
         attributes = request.section_creation_attributes
         section_id = attributes.section_id.id if attributes.HasField("section_id") else None
@@ -181,12 +155,12 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
         )
         return pb.SectionCreateResponse(section_id=t.SectionId(id=created))
 
-    @seed_call
+    @seed_mutation
     def SectionDelete(self, request: pb.SectionDeleteRequest) -> pb.SectionDeleteResponse:
         self.manager.section_delete(request.checkpoint_handle, request.section_id.id)
         return pb.SectionDeleteResponse()
 
-    @seed_call
+    @seed_mutation
     def SectionExpirationTimeSet(
         self, request: pb.SectionExpirationTimeSetRequest
     ) -> pb.SectionExpirationTimeSetResponse:
@@ -232,12 +206,12 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
 
     # -- data ----------------------------------------------------------------
 
-    @seed_call
+    @seed_mutation
     def CheckpointWrite(self, request: pb.CheckpointWriteRequest) -> pb.CheckpointWriteResponse:
         self.manager.write(request.checkpoint_handle, convert.write_elements(request.io_vector))
         return _EMPTY_WRITE
 
-    @seed_call
+    @seed_mutation
     def SectionOverwrite(self, request: pb.SectionOverwriteRequest) -> pb.SectionOverwriteResponse:
         self.manager.overwrite(
             request.checkpoint_handle, request.section_id.id, request.data_buffer

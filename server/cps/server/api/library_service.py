@@ -1,0 +1,129 @@
+"""LibraryCheckpointService servicer: protobuf in, core call, protobuf out.
+
+Every change is acknowledged only once the storage has committed it.
+"""
+
+from __future__ import annotations
+
+from cps.server.core.library import LibraryManager
+from cps.v1 import library_service_pb2 as pb
+from cps.v1 import library_service_pb2_grpc as pb_grpc
+
+from .calls import Durability, seed_call, seed_mutation
+
+
+class LibraryCheckpointService(pb_grpc.LibraryCheckpointServiceServicer):
+    def __init__(self, library: LibraryManager, durability: Durability) -> None:
+        self.library = library
+        self.durability = durability
+
+    @seed_call
+    def LibraryInitialize(
+        self, request: pb.LibraryInitializeRequest
+    ) -> pb.LibraryInitializeResponse:
+        return pb.LibraryInitializeResponse(library_handle=self.library.initialize())
+
+    @seed_call
+    def LibraryFinalize(self, request: pb.LibraryFinalizeRequest) -> pb.LibraryFinalizeResponse:
+        self.library.finalize(request.library_handle)
+        return pb.LibraryFinalizeResponse()
+
+    @seed_mutation
+    def LibraryCkptCreate(
+        self, request: pb.LibraryCkptCreateRequest
+    ) -> pb.LibraryCkptCreateResponse:
+        created = self.library.create(request.library_handle, request.checkpoint_name)
+        return pb.LibraryCkptCreateResponse(created=created)
+
+    @seed_mutation
+    def LibraryCkptDelete(
+        self, request: pb.LibraryCkptDeleteRequest
+    ) -> pb.LibraryCkptDeleteResponse:
+        self.library.delete(request.library_handle, request.checkpoint_name)
+        return pb.LibraryCkptDeleteResponse()
+
+    @seed_call
+    def LibraryDoesCkptExist(
+        self, request: pb.LibraryDoesCkptExistRequest
+    ) -> pb.LibraryDoesCkptExistResponse:
+        exists = self.library.exists(request.library_handle, request.checkpoint_name)
+        return pb.LibraryDoesCkptExistResponse(exists=exists)
+
+    @seed_mutation
+    def LibraryCkptDataSetCreate(
+        self, request: pb.LibraryCkptDataSetCreateRequest
+    ) -> pb.LibraryCkptDataSetCreateResponse:
+        created = self.library.dataset_create(
+            request.library_handle,
+            request.checkpoint_name,
+            request.dataset_id,
+            request.group_id,
+            request.order,
+        )
+        return pb.LibraryCkptDataSetCreateResponse(created=created)
+
+    @seed_mutation
+    def LibraryCkptDataSetDelete(
+        self, request: pb.LibraryCkptDataSetDeleteRequest
+    ) -> pb.LibraryCkptDataSetDeleteResponse:
+        self.library.dataset_delete(
+            request.library_handle, request.checkpoint_name, request.dataset_id
+        )
+        return pb.LibraryCkptDataSetDeleteResponse()
+
+    @seed_mutation
+    def LibraryCkptDataSetWrite(
+        self, request: pb.LibraryCkptDataSetWriteRequest
+    ) -> pb.LibraryCkptDataSetWriteResponse:
+        self.library.dataset_write(
+            request.library_handle, request.checkpoint_name, request.dataset_id, request.data
+        )
+        return pb.LibraryCkptDataSetWriteResponse()
+
+    @seed_call
+    def LibraryCkptDataSetRead(
+        self, request: pb.LibraryCkptDataSetReadRequest
+    ) -> pb.LibraryCkptDataSetReadResponse:
+        dataset = self.library.dataset_read(
+            request.library_handle, request.checkpoint_name, request.dataset_id
+        )
+        return pb.LibraryCkptDataSetReadResponse(
+            data=dataset.data,
+            group_id=dataset.group_id,
+            order=dataset.order,
+            elements=[
+                pb.LibraryElement(element_id=element_id, data=data)
+                for element_id, data in sorted(dataset.elements.items())
+            ],
+        )
+
+    @seed_call
+    def LibraryDoesDatasetExist(
+        self, request: pb.LibraryDoesDatasetExistRequest
+    ) -> pb.LibraryDoesDatasetExistResponse:
+        exists = self.library.dataset_exists(
+            request.library_handle, request.checkpoint_name, request.dataset_id
+        )
+        return pb.LibraryDoesDatasetExistResponse(exists=exists)
+
+    @seed_mutation
+    def LibraryCkptElementCreate(
+        self, request: pb.LibraryCkptElementCreateRequest
+    ) -> pb.LibraryCkptElementCreateResponse:
+        self.library.element_create(
+            request.library_handle, request.checkpoint_name, request.dataset_id
+        )
+        return pb.LibraryCkptElementCreateResponse()
+
+    @seed_mutation
+    def LibraryCkptElementWrite(
+        self, request: pb.LibraryCkptElementWriteRequest
+    ) -> pb.LibraryCkptElementWriteResponse:
+        self.library.element_write(
+            request.library_handle,
+            request.checkpoint_name,
+            request.dataset_id,
+            request.element_id,
+            request.data,
+        )
+        return pb.LibraryCkptElementWriteResponse()

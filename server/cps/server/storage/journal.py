@@ -1,0 +1,91 @@
+"""Group commit: the change log the core writes to, committed in batches.
+
+Calls that change persisted state mark keys, then await ``durable()``. One
+batch is in flight at a time; everything marked while it commits forms the
+next batch, so concurrent writers share one transaction and one fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from cps.server.core.changelog import Key
+from cps.server.core.library import LibraryManager
+from cps.server.core.manager import ReplicaManager
+
+from .mapping import statements_for
+from .sqlite_store import SqliteStore, Statement
+
+log = logging.getLogger("cps.storage")
+
+
+class StorageFailed(Exception):
+    """A batch could not be committed; the calls waiting on it fail."""
+
+
+class Journal:
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.replicas: ReplicaManager | None = None  # None: server checkpoints not kept
+        self.library: LibraryManager | None = None
+        self._dirty: dict[Key, None] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+        self._flushing = False
+        # The connection is used from this one thread only.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cps-sqlite")
+        self.batches = 0
+
+    def mark(self, key: Key) -> None:
+        self._dirty[key] = None
+        if not self._flushing:
+            # Commit even when no caller waits (timers expire sections and
+            # checkpoints too); the task runs once the current call is done.
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+
+    def durable(self) -> asyncio.Future[None] | None:
+        """A future done when everything marked so far is committed, or None
+        if nothing is waiting to be committed."""
+        if not self._dirty:
+            return None
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        return future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._dirty:
+                keys, self._dirty = list(self._dirty), {}
+                waiters, self._waiters = self._waiters, []
+                try:
+                    statements = self._statements(keys)
+                    await loop.run_in_executor(self._executor, self.store.apply, statements)
+                except Exception as error:  # the disk, not the caller: report and go on
+                    log.error("storage commit failed", exc_info=True)
+                    failure = StorageFailed(f"the node could not store the change: {error}")
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(failure)
+                    continue
+                self.batches += 1
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+        finally:
+            self._flushing = False
+
+    def _statements(self, keys: list[Key]) -> list[Statement]:
+        assert self.library is not None
+        statements: list[Statement] = []
+        for key in keys:
+            statements.extend(statements_for(key, self.replicas, self.library))
+        return statements
+
+    async def close(self) -> None:
+        while self._flushing:
+            await asyncio.sleep(0.01)
+        self._executor.shutdown(wait=True)
+        self.store.close()
