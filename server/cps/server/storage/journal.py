@@ -63,13 +63,16 @@ class Journal:
                 try:
                     statements = self._statements(keys)
                     await loop.run_in_executor(self._executor, self.store.apply, statements)
-                except Exception as error:  # the disk, not the caller: report and go on
+                except Exception as error:  # the disk, not the caller: report, retry later
                     log.error("storage commit failed", exc_info=True)
                     failure = StorageFailed(f"the node could not store the change: {error}")
-                    for waiter in waiters:
+                    for waiter in waiters + self._waiters:
                         if not waiter.done():
                             waiter.set_exception(failure)
-                    continue
+                    self._waiters = []
+                    # Keep the keys: the next change retries them with its commit.
+                    self._dirty = dict.fromkeys(keys) | self._dirty
+                    break
                 self.batches += 1
                 for waiter in waiters:
                     if not waiter.done():
