@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from grpc import aio
 
+from bench import cpu
+
 # One channel (and so one TCP connection) per this many in-flight calls.
 INFLIGHT_PER_CHANNEL = 16
 
@@ -83,9 +85,8 @@ class LoadResult:
     p99_ms: float
     errors: int
     first_error: str | None
-    # CPU time used during the timed window, in cores (1.0 = one core busy).
-    client_cores: float
-    server_cores: float | None
+    # CPU used during the timed window by the client, the server and the rest.
+    cpu: cpu.Usage
 
     @property
     def ops_per_s(self) -> float:
@@ -119,7 +120,7 @@ async def _worker(call: Call, window: _Window, starts: list[int], latencies: lis
         except Exception as exc:  # a failed call ends this worker; the run reports it
             window.errors += 1
             if window.first_error is None:
-                window.first_error = _describe(exc)
+                window.first_error = describe(exc)
             return
         t1 = clock()
         start = window.start_ns
@@ -128,7 +129,8 @@ async def _worker(call: Call, window: _Window, starts: list[int], latencies: lis
             latencies.append(t1 - t0)
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """One line naming an error (the status code and details for a gRPC error)."""
     if isinstance(exc, aio.AioRpcError):
         return f"{exc.code().name}: {exc.details()}"
     return f"{type(exc).__name__}: {exc}"
@@ -140,7 +142,7 @@ async def run_load(
     warmup_s: float,
     seconds: float,
     channels: int,
-    server_cpu: Callable[[], float] | None = None,
+    server_pid: int | None = None,
 ) -> LoadResult:
     """Run one worker per call for `warmup_s` + `seconds`, measuring the latter.
 
@@ -157,13 +159,11 @@ async def run_load(
     ]
     try:
         await asyncio.sleep(warmup_s)
-        server_cpu0 = server_cpu() if server_cpu is not None else None
-        client_cpu0 = time.process_time()
+        cpu0 = cpu.Snapshot.take(server_pid)
         window.start_ns = start_ns = time.perf_counter_ns()
         await asyncio.sleep(seconds)
         end_ns = time.perf_counter_ns()
-        client_cpu1 = time.process_time()
-        server_cpu1 = server_cpu() if server_cpu is not None else None
+        cpu1 = cpu.Snapshot.take(server_pid)
         window.stop = True
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=CALL_TIMEOUT_S + 5.0)
     finally:
@@ -179,9 +179,6 @@ async def run_load(
         if t0 < end_ns
     )
     elapsed_s = (end_ns - start_ns) / 1e9
-    server_cores = None
-    if server_cpu0 is not None and server_cpu1 is not None:
-        server_cores = (server_cpu1 - server_cpu0) / elapsed_s
     return LoadResult(
         inflight=len(calls),
         channels=channels,
@@ -191,6 +188,5 @@ async def run_load(
         p99_ms=percentile(measured, 0.99) / 1e6,
         errors=window.errors,
         first_error=window.first_error,
-        client_cores=(client_cpu1 - client_cpu0) / elapsed_s,
-        server_cores=server_cores,
+        cpu=cpu.usage(cpu0, cpu1, elapsed_s, server_pid),
     )

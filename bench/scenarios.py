@@ -1,0 +1,125 @@
+"""Scenarios: what the workers call. The common interface and the two references
+(the bare server and etcd); the CPS scenarios are in bench.cps_scenarios.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from grpc import aio
+
+from bench.gen import etcd_kv_pb2 as etcd
+from bench.load import Call, channel_of, raw_unary
+from bench.targets import BARE_METHOD, ETCD_RANGE_METHOD
+
+PAYLOAD_SIZE = 1024
+# Random, so nothing on the way can shrink it.
+PAYLOAD = os.urandom(PAYLOAD_SIZE)
+
+
+class Scenario(ABC):
+    """One kind of call, run at several in-flight levels."""
+
+    name: str
+    # What one call does, for the report.
+    description: str
+    # Units of work per call (write32: 32 section writes), with their name.
+    items_per_op: int = 1
+    item_unit: str | None = None
+
+    @abstractmethod
+    async def start(self, channels: Sequence[aio.Channel], inflight: int) -> list[Call]:
+        """Set up one run; return one call per worker (worker i on channel_of(i))."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Undo what start set up, after the timed window."""
+
+
+class Suite(ABC):
+    """The scenarios of one target and the fixtures they share."""
+
+    scenarios: list[Scenario]
+
+    async def prepare(self, channel: aio.Channel, max_inflight: int) -> None:  # noqa: B027
+        """Create the fixtures every scenario needs, for up to `max_inflight` workers."""
+
+    async def finish(self, channel: aio.Channel) -> None:  # noqa: B027
+        """Remove the fixtures (best effort; the server is stopped next anyway)."""
+
+
+def _fixed_calls(
+    channels: Sequence[aio.Channel], method: str, requests: Sequence[bytes]
+) -> list[Call]:
+    """Worker i sends requests[i] again and again on its channel."""
+    stubs = [raw_unary(c, method) for c in channels]
+    return [
+        functools.partial(stubs[channel_of(i, len(channels))], request)
+        for i, request in enumerate(requests)
+    ]
+
+
+# --- bare -----------------------------------------------------------------
+
+
+class BareUnary(Scenario):
+    name = "unary"
+    description = "unary call with a 1 KiB request, empty response, handler does nothing"
+
+    async def start(self, channels: Sequence[aio.Channel], inflight: int) -> list[Call]:
+        return _fixed_calls(channels, BARE_METHOD, [PAYLOAD] * inflight)
+
+
+class BareSuite(Suite):
+    def __init__(self) -> None:
+        self.scenarios = [BareUnary()]
+
+
+# --- etcd -----------------------------------------------------------------
+
+ETCD_PUT_METHOD = "/etcdserverpb.KV/Put"
+
+
+def _etcd_key(kind: str, worker: int) -> bytes:
+    return f"bench/{kind}/{worker}".encode()
+
+
+class EtcdPut(Scenario):
+    name = "put"
+    description = "Put of a 1 KiB value on a per-worker key"
+
+    async def start(self, channels: Sequence[aio.Channel], inflight: int) -> list[Call]:
+        requests = [
+            etcd.PutRequest(key=_etcd_key("put", i), value=PAYLOAD).SerializeToString()
+            for i in range(inflight)
+        ]
+        return _fixed_calls(channels, ETCD_PUT_METHOD, requests)
+
+
+class EtcdGet(Scenario):
+    name = "get"
+    description = "Range (linearizable, the default) of one per-worker 1 KiB key"
+
+    async def start(self, channels: Sequence[aio.Channel], inflight: int) -> list[Call]:
+        requests = [
+            etcd.RangeRequest(key=_etcd_key("get", i)).SerializeToString() for i in range(inflight)
+        ]
+        return _fixed_calls(channels, ETCD_RANGE_METHOD, requests)
+
+
+class EtcdSuite(Suite):
+    def __init__(self) -> None:
+        self.scenarios = [EtcdPut(), EtcdGet()]
+
+    async def prepare(self, channel: aio.Channel, max_inflight: int) -> None:
+        put = raw_unary(channel, ETCD_PUT_METHOD)
+        for i in range(max_inflight):
+            request = etcd.PutRequest(key=_etcd_key("get", i), value=PAYLOAD)
+            await put(request.SerializeToString())
+        get = raw_unary(channel, ETCD_RANGE_METHOD)
+        raw = await get(etcd.RangeRequest(key=_etcd_key("get", 0)).SerializeToString())
+        response = etcd.RangeResponse.FromString(raw)
+        if len(response.kvs) != 1 or response.kvs[0].value != PAYLOAD:
+            raise RuntimeError(f"etcd Range returned {response!r:.200}, not the value put")

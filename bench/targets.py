@@ -1,0 +1,249 @@
+"""The server processes under test: CPS, the bare gRPC server and etcd.
+
+Each runs as a subprocess on a loopback port, so it does not share the CPU or
+the GIL with the client. A process is only ever stopped by its own pid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+from bench.load import raw_unary
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+
+Probe = Callable[[aio.Channel], Awaitable[bool]]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct TCP ports on the loopback interface that are free right now."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOOPBACK, 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+# Started and not yet stopped, so that stop_all can stop them on any exit.
+_LIVE: list[ServerProcess] = []
+
+
+def stop_all() -> None:
+    """Stop every server still running (each by its own pid)."""
+    while _LIVE:
+        _LIVE[-1].stop()
+
+
+@dataclass(eq=False)
+class ServerProcess:
+    """A server subprocess listening for gRPC on `address`."""
+
+    name: str
+    argv: list[str]
+    address: str
+    probe: Probe
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    cleanup_dirs: list[Path] = field(default_factory=list)
+
+    def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        _LIVE.append(self)
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    async def wait_ready(self) -> None:
+        """Poll the probe until it answers true, the process exits, or time runs out."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        async with aio.insecure_channel(self.address) as channel:
+            while True:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.name} exited with {self.proc.returncode} before it was ready:\n"
+                        + self.log_tail()
+                    )
+                with contextlib.suppress(aio.AioRpcError):
+                    if await self.probe(channel):
+                        return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"{self.name} not ready after {READY_TIMEOUT_S:.0f} s:\n" + self.log_tail()
+                    )
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period; only this process, by its pid."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=STOP_TIMEOUT_S)
+        for directory in self.cleanup_dirs:
+            shutil.rmtree(directory, ignore_errors=True)
+        if self in _LIVE:
+            _LIVE.remove(self)
+
+
+async def _up_unless_unavailable(call: Callable[[], Awaitable[object]]) -> bool:
+    """True once the server answers with anything but UNAVAILABLE."""
+    try:
+        await call()
+    except aio.AioRpcError as exc:
+        return bool(exc.code() != grpc.StatusCode.UNAVAILABLE)
+    return True
+
+
+# --- the bare server -------------------------------------------------------
+
+BARE_METHOD = "/bench.Bare/Call"
+
+
+async def _probe_bare(channel: aio.Channel) -> bool:
+    call = raw_unary(channel, BARE_METHOD)
+    await call(b"")
+    return True
+
+
+def bare_server(workdir: Path) -> ServerProcess:
+    (port,) = free_ports(1)
+    address = f"{LOOPBACK}:{port}"
+    return ServerProcess(
+        name="bare",
+        argv=[sys.executable, "-m", "bench.bare_server", "--listen", address],
+        address=address,
+        probe=_probe_bare,
+        log_path=workdir / "bare.log",
+    )
+
+
+# --- CPS ------------------------------------------------------------------
+
+HEALTH_METHOD = "/grpc.health.v1.Health/Check"
+# HealthCheckResponse{status: SERVING}: field 1, varint 1.
+_HEALTH_SERVING = b"\x08\x01"
+
+
+async def _probe_cps(channel: aio.Channel) -> bool:
+    """Health says SERVING, or the server is up but has no Health service."""
+    call = raw_unary(channel, HEALTH_METHOD)
+    try:
+        response = await call(b"")  # HealthCheckRequest{service: ""}
+    except aio.AioRpcError as exc:
+        return bool(exc.code() == grpc.StatusCode.UNIMPLEMENTED)
+    return response == _HEALTH_SERVING
+
+
+def default_cps_command() -> list[str]:
+    return [str(Path(sys.executable).parent / "cps-server")]
+
+
+def cps_server(workdir: Path, command: list[str], dir_base: Path) -> ServerProcess:
+    """CPS with its store in a fresh temporary data dir under `dir_base`."""
+    (port,) = free_ports(1)
+    address = f"{LOOPBACK}:{port}"
+    data_dir = Path(tempfile.mkdtemp(prefix="cps-bench-cps-", dir=dir_base))
+    return ServerProcess(
+        name="cps",
+        argv=[*command, "--listen", address, "--data-dir", str(data_dir)],
+        address=address,
+        probe=_probe_cps,
+        log_path=workdir / "cps.log",
+        cleanup_dirs=[data_dir],
+    )
+
+
+# --- etcd -----------------------------------------------------------------
+
+ETCD_RANGE_METHOD = "/etcdserverpb.KV/Range"
+
+
+async def _probe_etcd(channel: aio.Channel) -> bool:
+    call = raw_unary(channel, ETCD_RANGE_METHOD)
+    return await _up_unless_unavailable(lambda: call(b"\x0a\x01x"))  # RangeRequest{key: "x"}
+
+
+def default_data_dir_base() -> Path:
+    """Where the servers' temporary data dirs go: tmpfs when there is one, else the temp dir."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    return Path(tempfile.gettempdir())
+
+
+def etcd_server(workdir: Path, binary: str, dir_base: Path) -> ServerProcess:
+    client_port, peer_port = free_ports(2)
+    client_url = f"http://{LOOPBACK}:{client_port}"
+    peer_url = f"http://{LOOPBACK}:{peer_port}"
+    data_dir = Path(tempfile.mkdtemp(prefix="cps-bench-etcd-", dir=dir_base))
+    return ServerProcess(
+        name="etcd",
+        argv=[
+            binary,
+            "--name=bench",
+            f"--data-dir={data_dir}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=bench={peer_url}",
+            "--initial-cluster-state=new",
+            "--logger=zap",
+            "--log-level=warn",
+        ],
+        address=f"{LOOPBACK}:{client_port}",
+        probe=_probe_etcd,
+        log_path=workdir / "etcd.log",
+        cleanup_dirs=[data_dir],
+    )
+
+
+def etcd_version(binary: str) -> str:
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError:
+        return "not found"
+    first = out.splitlines()[0] if out else "unknown"
+    return first.removeprefix("etcd Version: ").strip()
