@@ -6,7 +6,7 @@ PROTO_DIR := protos
 PY_OUT := client_py
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: install proto proto-check lint test run bench bench-quick bench-proto clean
+.PHONY: install proto proto-check lint test run bench bench-quick bench-proto clean stubs breaking
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,30 @@ proto-check: proto
 	@test -z "$$(git status --porcelain -- $(PY_OUT)/cps/v1)" || \
 		{ echo "untracked generated files:"; git status --porcelain -- $(PY_OUT)/cps/v1; exit 1; }
 
-lint: $(STAMP)
+lint: $(STAMP) breaking
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server client_py tests bench
 	cd $(PROTO_DIR) && ../$(BIN)/buf lint
+
+# Fails when protos/ breaks the committed baseline of the last release (a
+# change that would break existing stubs): docs/clients/compatibility.md.
+breaking: $(STAMP)
+	cd $(PROTO_DIR) && ../$(BIN)/buf breaking --against baseline/cps-v1.binpb
+
+# C++, Go and Node.js client stubs from protos/ only, into build/stubs/
+# (toolchains: scripts/install-toolchains.sh; docs/clients/).
+stubs:
+	$(MAKE) -C clients/cpp stubs
+	$(MAKE) -C clients/go stubs
+	test -d clients/node/node_modules || (cd clients/node && npm ci --no-audit --no-fund)
+	rm -rf build/stubs/node
+	cd clients/node && node_modules/.bin/proto-loader-gen-types \
+		$(patsubst $(PROTO_DIR)/%,%,$(wildcard $(PROTO_DIR)/cps/v1/*.proto)) \
+		google/rpc/status.proto google/rpc/error_details.proto \
+		--outDir=../../build/stubs/node --grpcLib=@grpc/grpc-js \
+		--longs=String --enums=String --defaults --oneofs \
+		--includeDirs=../../$(PROTO_DIR) --includeDirs=../third_party/googleapis
 
 test: $(STAMP)
 	$(BIN)/pytest -q

@@ -1,0 +1,116 @@
+"""Run the Node.js interop client (clients/node: @grpc/grpc-js, stubs loaded
+from protos/ at run time by @grpc/proto-loader) against a real `cps-server`,
+and check that `make stubs` generates the C++, Go and TypeScript stubs.
+
+node and clients/node/node_modules come from scripts/install-toolchains.sh (CI
+runs it): a missing one fails these tests, it does not skip them."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from cps.v1 import checkpoint_service_pb2 as pb
+from cps.v1 import types_pb2 as t
+from tests.processes import ServerProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = ROOT / "clients" / "node"
+
+
+@pytest.fixture(scope="session")
+def node_client() -> list[str]:
+    """The command that runs the client."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node missing: run `bash scripts/install-toolchains.sh`")
+    if not (SOURCE / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        pytest.fail("clients/node/node_modules missing: run `bash scripts/install-toolchains.sh`")
+    return [node, str(SOURCE / "client.js")]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[ServerProcess]:
+    with ServerProcess.start() as process:
+        yield process
+
+
+def run(client: list[str], address: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*client, address], capture_output=True, text=True, timeout=60)
+
+
+def test_node_client_against_server(node_client: list[str], server: ServerProcess) -> None:
+    result = run(node_client, server.address)
+    assert result.returncode == 0, f"Node client failed:\n{result.stdout}{result.stderr}"
+    assert result.stdout.startswith("cps-node-client: OK")
+
+
+@pytest.fixture(scope="module")
+def lying_server() -> Iterator[str]:
+    """A server that breaks the contract at the first call: Initialize answers
+    version A.9 to a client that asked for B.1."""
+
+    def initialize(request: pb.InitializeRequest, context: Any) -> pb.InitializeResponse:
+        return pb.InitializeResponse(
+            service_handle=1, version=t.Version(release_code="A", major_version=9)
+        )
+
+    fake = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    handler = grpc.unary_unary_rpc_method_handler(
+        initialize,
+        request_deserializer=pb.InitializeRequest.FromString,
+        response_serializer=pb.InitializeResponse.SerializeToString,
+    )
+    fake.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("cps.v1.CheckpointService", {"Initialize": handler}),)
+    )
+    port = fake.add_insecure_port("127.0.0.1:0")
+    fake.start()
+    yield f"127.0.0.1:{port}"
+    fake.stop(None)
+
+
+def free_address() -> str:
+    """A loopback address nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_node_client_fails_on_a_mismatch(node_client: list[str], lying_server: str) -> None:
+    result = run(node_client, lying_server)
+    assert result.returncode == 1, result
+    assert "FAILED: Initialize answered version" in result.stderr
+
+
+def test_node_client_fails_without_server(node_client: list[str]) -> None:
+    result = run(node_client, free_address())
+    assert result.returncode == 1, result
+    assert "FAILED: Initialize failed: UNAVAILABLE" in result.stderr
+
+
+@pytest.mark.timeout(900)
+def test_make_stubs_generates_every_language(node_client: list[str]) -> None:
+    """`make stubs`: C++ and Go sources and TypeScript types of every RPC."""
+    result = subprocess.run(
+        ["make", "-C", str(ROOT), "stubs"], capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, f"make stubs failed:\n{result.stdout}{result.stderr}"
+    stubs = ROOT / "build" / "stubs"
+    cpp = (stubs / "cpp" / "cps" / "v1" / "checkpoint_service.grpc.pb.h").read_text()
+    go = (stubs / "go" / "src" / "cps" / "v1" / "checkpoint_service_grpc.pb.go").read_text()
+    typescript = (stubs / "node" / "cps" / "v1" / "CheckpointService.ts").read_text()
+    methods = pb.DESCRIPTOR.services_by_name["CheckpointService"].methods
+    for method in methods:
+        assert f" {method.name}(::grpc::ClientContext* context" in cpp, method.name
+        assert f"\t{method.name}(ctx context.Context" in go, method.name
+        camel = method.name[0].lower() + method.name[1:]
+        assert f"  {camel}(" in typescript, method.name
