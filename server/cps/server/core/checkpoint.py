@@ -17,6 +17,7 @@ from .types import (
     SectionsChosen,
     SectionState,
     WriteElement,
+    show_id,
 )
 
 
@@ -115,7 +116,7 @@ class Checkpoint:
         if section is None:
             raise CkptError(
                 ErrorCode.NOT_EXIST,
-                f"section {section_id!r} does not exist in checkpoint {self.name!r}",
+                f"section {show_id(section_id)} does not exist in checkpoint {self.name!r}",
                 vector_index=index,
             )
         return section
@@ -141,7 +142,7 @@ class Checkpoint:
         if len(candidate) > self.attributes.max_section_id_size:
             raise CkptError(
                 ErrorCode.NO_SPACE,
-                f"the next generated section id {candidate!r} is longer than "
+                f"the next generated section id {show_id(candidate)} is longer than "
                 f"max_section_id_size {self.attributes.max_section_id_size}",
             )
         return candidate
@@ -171,7 +172,7 @@ class Checkpoint:
             if section_id in self.sections:
                 raise CkptError(
                     ErrorCode.ALREADY_EXIST,
-                    f"section {section_id!r} already exists in checkpoint {self.name!r}",
+                    f"section {show_id(section_id)} already exists in checkpoint {self.name!r}",
                 )
         if len(initial_data) > attrs.max_section_size:
             raise CkptError(
@@ -341,7 +342,7 @@ class Checkpoint:
                 raise CkptError(
                     ErrorCode.INVALID_PARAM,
                     f"element {index} offset {element.offset} is past the end of section "
-                    f"{element.section_id!r} ({len(section.data)} bytes)",
+                    f"{show_id(element.section_id)} ({len(section.data)} bytes)",
                     vector_index=index,
                 )
             end = len(section.data) if element.size == 0 else element.offset + element.size

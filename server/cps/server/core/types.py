@@ -110,3 +110,13 @@ class ReadElement:
 
 
 DEFAULT_SECTION_ID = b""
+
+
+def show_id(section_id: bytes) -> str:
+    """A section id for messages read by people in any language: quoted text
+    when it is printable ASCII, else hex."""
+    if not section_id:
+        return "(default section)"
+    if section_id.isascii() and section_id.decode().isprintable():
+        return f'"{section_id.decode()}"'
+    return "0x" + section_id.hex()
