@@ -6,7 +6,7 @@ PROTO_DIR := protos
 PY_OUT := client_py
 LISTEN ?= 127.0.0.1:50051
 
-.PHONY: install proto proto-check lint test run bench bench-quick bench-proto clean stubs breaking
+.PHONY: toolchains install proto proto-check lint test run bench bench-quick bench-proto clean stubs breaking
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,7 +57,12 @@ stubs:
 		--longs=String --enums=String --defaults --oneofs \
 		--includeDirs=../../$(PROTO_DIR) --includeDirs=../third_party/googleapis
 
-test: $(STAMP)
+# The interop tests build C++, Go and Node clients: their toolchains first
+# (idempotent, about a second when already there).
+toolchains:
+	bash scripts/install-toolchains.sh
+
+test: $(STAMP) toolchains
 	$(BIN)/pytest -q
 
 run: $(STAMP)
