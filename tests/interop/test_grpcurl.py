@@ -9,22 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.processes import ServerProcess
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 SERVICE = "cps.v1.CheckpointService"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with ServerProcess.start() as process:
-        yield process
 
 
 def grpcurl(server: ServerProcess, *args: str, data: dict[str, Any] | None = None) -> str:

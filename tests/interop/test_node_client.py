@@ -8,21 +8,14 @@ runs it): a missing one fails these tests, it does not skip them."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-from collections.abc import Iterator
-from concurrent import futures
-from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
 
 from cps.v1 import checkpoint_service_pb2 as pb
-from cps.v1 import types_pb2 as t
+from tests.interop.foreign import ROOT, run_client
 from tests.processes import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "clients" / "node"
 
 
@@ -37,62 +30,20 @@ def node_client() -> list[str]:
     return [node, str(SOURCE / "client.js")]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
-    with ServerProcess.start() as process:
-        yield process
-
-
-def run(client: list[str], address: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*client, address], capture_output=True, text=True, timeout=60)
-
-
 def test_node_client_against_server(node_client: list[str], server: ServerProcess) -> None:
-    result = run(node_client, server.address)
+    result = run_client(node_client, server.address)
     assert result.returncode == 0, f"Node client failed:\n{result.stdout}{result.stderr}"
     assert result.stdout.startswith("cps-node-client: OK")
 
 
-@pytest.fixture(scope="module")
-def lying_server() -> Iterator[str]:
-    """A server that breaks the contract at the first call: Initialize answers
-    version A.9 to a client that asked for B.1."""
-
-    def initialize(request: pb.InitializeRequest, context: Any) -> pb.InitializeResponse:
-        return pb.InitializeResponse(
-            service_handle=1, version=t.Version(release_code="A", major_version=9)
-        )
-
-    fake = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    handler = grpc.unary_unary_rpc_method_handler(
-        initialize,
-        request_deserializer=pb.InitializeRequest.FromString,
-        response_serializer=pb.InitializeResponse.SerializeToString,
-    )
-    fake.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("cps.v1.CheckpointService", {"Initialize": handler}),)
-    )
-    port = fake.add_insecure_port("127.0.0.1:0")
-    fake.start()
-    yield f"127.0.0.1:{port}"
-    fake.stop(None)
-
-
-def free_address() -> str:
-    """A loopback address nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{probe.getsockname()[1]}"
-
-
 def test_node_client_fails_on_a_mismatch(node_client: list[str], lying_server: str) -> None:
-    result = run(node_client, lying_server)
+    result = run_client(node_client, lying_server)
     assert result.returncode == 1, result
     assert "FAILED: Initialize answered version" in result.stderr
 
 
-def test_node_client_fails_without_server(node_client: list[str]) -> None:
-    result = run(node_client, free_address())
+def test_node_client_fails_without_server(node_client: list[str], dead_address: str) -> None:
+    result = run_client(node_client, dead_address)
     assert result.returncode == 1, result
     assert "FAILED: Initialize failed: UNAVAILABLE" in result.stderr
 
