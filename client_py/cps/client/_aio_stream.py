@@ -1,0 +1,81 @@
+"""The asyncio task that keeps a session's Callbacks stream attached; the
+same policy as the threaded CallbackStream (see _stream.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import grpc
+
+from cps.v1 import checkpoint_service_pb2 as pb
+
+from ._aio_pending import AsyncPendingQueue
+from ._stream import GapDetector
+from .errors import BadHandleError, InUseError, from_rpc_error
+
+log = logging.getLogger("cps.client")
+
+_RETRIED = (grpc.StatusCode.UNAVAILABLE,)
+_FIRST_BACKOFF = 0.05
+_MAX_BACKOFF = 2.0
+
+
+class AsyncCallbackStream:
+    def __init__(
+        self, stub: Any, service_handle: int, queue: AsyncPendingQueue[pb.Callback]
+    ) -> None:
+        self._stub = stub
+        self._request = pb.CallbacksRequest(service_handle=service_handle)
+        self._queue = queue
+        self._gaps = GapDetector()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        task = self._task
+        if task is None or task is asyncio.current_task():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self) -> None:
+        backoff = _FIRST_BACKOFF
+        while not self._stopping:
+            call = self._stub.Callbacks(self._request)
+            try:
+                async for response in call:
+                    backoff = _FIRST_BACKOFF
+                    for callback in response.callbacks:
+                        for received in self._gaps.check(callback):
+                            self._queue.put(received)
+            except grpc.RpcError as rpc_error:
+                if self._stopping:
+                    return
+                error = from_rpc_error(rpc_error)
+                if error.code in _RETRIED or isinstance(error, InUseError):
+                    log.warning("callbacks stream: %s; attaching again in %.2fs", error, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    continue
+                self._queue.fail(error)
+                return
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            except Exception as unexpected:  # a bug: surface it in dispatch
+                log.exception("callbacks stream failed")
+                self._queue.fail(unexpected)
+                return
+            if not self._stopping:
+                self._queue.fail(
+                    BadHandleError("the node ended the session's callback stream: it is gone")
+                )
+            return
