@@ -23,6 +23,7 @@ from .config import Settings
 from .core.clock import LoopClock
 from .core.library import LibraryManager
 from .core.manager import ReplicaManager
+from .metrics import METRICS, Metrics, serve_metrics
 from .storage.journal import Journal
 from .storage.mapping import restore_checkpoints, restore_library
 from .storage.sqlite_store import SqliteStore
@@ -84,6 +85,9 @@ class Node:
             self.server,
         )
         self._reaper: asyncio.Task[None] | None = None
+        self._metrics_server: asyncio.Server | None = None
+        self.metrics_port = 0
+        _register_gauges(METRICS, self)
         self.port = self.server.add_insecure_port(settings.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {settings.listen}")
@@ -91,6 +95,11 @@ class Node:
     async def start(self) -> None:
         await self.server.start()
         self._reaper = asyncio.create_task(self._reap_idle_sessions())
+        if self.settings.metrics_listen:
+            host, _, port = self.settings.metrics_listen.rpartition(":")
+            self._metrics_server = await serve_metrics(METRICS, host.strip("[]"), int(port))
+            self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
+            log.info("metrics serving", extra={"port": self.metrics_port})
         for service in ("", CHECKPOINT_SERVICE, LIBRARY_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", extra={"listen": self.settings.listen, "port": self.port})
@@ -100,6 +109,8 @@ class Node:
         within the grace period, then close."""
         if self._reaper is not None:
             self._reaper.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         await self.health.enter_graceful_shutdown()
         log.info("stopping", extra={"grace_seconds": self.settings.grace_seconds})
         for session_id in list(self.manager.sessions):
@@ -114,6 +125,38 @@ class Node:
             await asyncio.sleep(interval)
             for session_id in self.manager.sweep_idle_sessions():
                 log.info("session reaped", extra={"session": session_id})
+
+
+def _register_gauges(metrics: Metrics, node: Node) -> None:
+    """Read at scrape time: nothing to keep up to date on the call path."""
+    metrics.gauges.clear()  # one node per process (tests start several in turn)
+    manager = node.manager
+    metrics.gauge("cps_sessions", "Open sessions.", lambda: len(manager.sessions))
+    metrics.gauge(
+        "cps_checkpoint_handles", "Open checkpoint handles.", lambda: len(manager.handles)
+    )
+    metrics.gauge("cps_checkpoints", "Live server checkpoints.", lambda: len(manager.checkpoints))
+    metrics.gauge(
+        "cps_reserved_bytes",
+        "Sum of checkpoint_size of live checkpoints (limit: --max-reserved-bytes).",
+        lambda: manager.reserved_bytes,
+    )
+    metrics.gauge(
+        "cps_section_bytes",
+        "Bytes of section data in live checkpoints.",
+        lambda: sum(c.memory_used for c in manager.checkpoints.values()),
+    )
+    metrics.gauge(
+        "cps_callback_queue_max",
+        "Longest session callback queue (limit: --max-callback-queue).",
+        lambda: max((len(s.events.queue) for s in manager.sessions.values()), default=0),
+    )
+    metrics.gauge(
+        "cps_library_checkpoints", "Library checkpoints.", lambda: len(node.library.checkpoints)
+    )
+    metrics.gauge(
+        "cps_storage_commits", "Transactions committed to the store.", lambda: node.journal.batches
+    )
 
 
 async def serve(settings: Settings) -> None:

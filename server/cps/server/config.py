@@ -24,6 +24,7 @@ class Settings:
     data_dir: Path
     persist_server_checkpoints: bool
     sync: str
+    metrics_listen: str
     limits: Limits
 
 
@@ -92,6 +93,11 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         help="SQLite synchronous mode: full survives power loss, normal survives a "
         "crash of the server process only",
     )
+    parser.add_argument(
+        "--metrics-listen",
+        default="",
+        help="HOST:PORT of the Prometheus /metrics endpoint (empty: off)",
+    )
     defaults = Limits()
     for field in fields(Limits):
         parser.add_argument(
@@ -115,5 +121,6 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         data_dir=args.data_dir,
         persist_server_checkpoints=args.persist_server_checkpoints,
         sync=args.sync.upper(),
+        metrics_listen=args.metrics_listen,
         limits=limits,
     )

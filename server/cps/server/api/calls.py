@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 from cps.server.core.errors import CkptError, ErrorCode
+from cps.server.metrics import METRICS
 
 from .status import to_status
 
@@ -39,46 +41,44 @@ class HasDurability(Protocol):
 
 
 S = TypeVar("S", bound=HasDurability)
-T = TypeVar("T")
 
 
 def seed_call(
-    method: Callable[[T, Request], Response],
-) -> Callable[[T, Request, Context], Awaitable[Response]]:
+    method: Callable[[S, Request], Response],
+) -> Callable[[S, Request, Context], Awaitable[Response]]:
     """Run a synchronous core call; a CkptError becomes the call's status."""
-
-    @functools.wraps(method)
-    async def handler(self: T, request: Request, context: Context) -> Response:
-        try:
-            return method(self, request)
-        except CkptError as error:
-            log.debug("%s failed: %s", method.__name__, error)
-            await context.abort_with_status(to_status(error))
-            raise  # unreachable: abort raises
-
-    return handler
+    return _handler(method, durable=False)
 
 
 def seed_mutation(
     method: Callable[[S, Request], Response],
 ) -> Callable[[S, Request, Context], Awaitable[Response]]:
     """As seed_call, then wait until the change is durable before answering."""
+    return _handler(method, durable=True)
+
+
+def _handler(
+    method: Callable[[S, Request], Response], *, durable: bool
+) -> Callable[[S, Request, Context], Awaitable[Response]]:
+    name = method.__name__
 
     @functools.wraps(method)
     async def handler(self: S, request: Request, context: Context) -> Response:
+        started = time.perf_counter()
         try:
             response = method(self, request)
+            pending = self.durability.durable() if durable else None
+            if pending is not None:
+                try:
+                    await pending
+                except Exception as error:  # storage failed: not the caller's fault
+                    raise CkptError(ErrorCode.INTERNAL, str(error)) from error
         except CkptError as error:
-            log.debug("%s failed: %s", method.__name__, error)
+            METRICS.observe(name, error.code.value, time.perf_counter() - started)
+            log.debug("%s failed: %s", name, error)
             await context.abort_with_status(to_status(error))
             raise  # unreachable: abort raises
-        pending = self.durability.durable()
-        if pending is not None:
-            try:
-                await pending
-            except Exception as error:
-                failure = CkptError(ErrorCode.INTERNAL, str(error))
-                await context.abort_with_status(to_status(failure))
+        METRICS.observe(name, "OK", time.perf_counter() - started)
         return response
 
     return handler
