@@ -291,17 +291,46 @@ def test_finalize_ends_the_stream_and_closes_handles(client: Client) -> None:
     assert seed_error(caught.value)[1] == "CL_CKPT_ERR_INVALID_HANDLE"
 
 
-def test_second_stream_for_a_session_is_refused(client: Client) -> None:
+def test_a_new_stream_takes_over_and_the_old_one_is_aborted(client: Client) -> None:
     first = client.stub.Callbacks(pb.CallbacksRequest(service_handle=client.session))
+    handle = client.open("two")
     client.stub.CheckpointSynchronizeAsync(
-        pb.CheckpointSynchronizeAsyncRequest(checkpoint_handle=client.open("two"), invocation=1)
+        pb.CheckpointSynchronizeAsyncRequest(checkpoint_handle=handle, invocation=1)
     )
     assert collect(first, 1)[0].synchronize.invocation == 1  # first is attached now
-    second = client.stub.Callbacks(pb.CallbacksRequest(service_handle=client.session))
+    second = client.stub.Callbacks(
+        pb.CallbacksRequest(service_handle=client.session, resume_after_sequence=1)
+    )
+    client.stub.CheckpointSynchronizeAsync(
+        pb.CheckpointSynchronizeAsyncRequest(checkpoint_handle=handle, invocation=2)
+    )
+    got = collect(second, 1)
+    assert [(c.sequence, c.synchronize.invocation) for c in got] == [(2, 2)]
     with pytest.raises(grpc.RpcError) as caught:
-        next(iter(second))
-    assert seed_error(caught.value)[1] == "CL_CKPT_ERR_INUSE"
-    first.cancel()
+        next(iter(first))
+    code, reason, _ = seed_error(caught.value)
+    assert (code, reason) == (grpc.StatusCode.ABORTED, "CL_CKPT_ERR_INUSE")
+    second.cancel()
+
+
+def test_a_resumed_stream_gets_again_what_was_in_flight(client: Client) -> None:
+    handle = client.open("resume")
+    for invocation in (1, 2, 3):
+        client.stub.CheckpointSynchronizeAsync(
+            pb.CheckpointSynchronizeAsyncRequest(checkpoint_handle=handle, invocation=invocation)
+        )
+    first = client.stub.Callbacks(pb.CallbacksRequest(service_handle=client.session))
+    assert [c.sequence for c in collect(first, 3)] == [1, 2, 3]
+    first.cancel()  # say the client processed only callback 1 before the break
+    resumed = client.stub.Callbacks(
+        pb.CallbacksRequest(service_handle=client.session, resume_after_sequence=1)
+    )
+    client.stub.CheckpointSynchronizeAsync(
+        pb.CheckpointSynchronizeAsyncRequest(checkpoint_handle=handle, invocation=4)
+    )
+    got = collect(resumed, 3)
+    resumed.cancel()
+    assert [(c.sequence, c.synchronize.invocation) for c in got] == [(2, 2), (3, 3), (4, 4)]
 
 
 KILLED_CLIENT = textwrap.dedent(

@@ -291,3 +291,42 @@ def test_a_closed_queue_takes_nothing() -> None:
     events.close()
     events.push(OpenCompleted(1, 11, None))
     assert events.take_all() == []
+
+
+def test_dropped_marker_stands_where_the_dropped_notification_stood() -> None:
+    events = SessionEvents(max_depth=2)
+    events.push(OpenCompleted(1, 11, None))
+    events.push(note(1, b"a"))
+    events.push(note(2, b"b"))  # full: drops note(1), the marker takes its place
+    events.push(note(3, b"c"))  # full again: drops note(2), counted by the marker
+    assert events.take_all() == [OpenCompleted(1, 11, None), EventsLost(2), note(3, b"c")]
+
+
+def test_taken_events_are_numbered_and_kept_for_a_resumed_stream() -> None:
+    events = SessionEvents(max_depth=2)
+    for invocation in (1, 2, 3):
+        events.push(SynchronizeCompleted(invocation, 7, None))
+    taken = events.take_numbered()
+    assert [number for number, _ in taken] == [1, 2, 3]
+    # Only the last max_depth taken are kept.
+    assert [number for number, _ in events.sent_after(0)] == [2, 3]
+    assert [number for number, _ in events.sent_after(2)] == [3]
+    events.drop_handle(7)  # closing the handle forgets them too
+    assert events.sent_after(0) == []
+
+
+def test_a_write_of_one_section_in_several_elements_notifies_it_once(
+    manager: ReplicaManager, session: int
+) -> None:
+    handle = manager.open(session, "dedupe", attributes(), RWC)
+    manager.section_create(handle, b"a", None, b"")
+    manager.section_create(handle, b"b", None, b"")
+    manager.immediate_consumption_register(handle)
+    manager.take_events(session)
+    manager.write(
+        handle,
+        [WriteElement(b"a", b"1", 0), WriteElement(b"b", b"2", 0), WriteElement(b"a", b"3", 1)],
+    )
+    assert notifications(manager.take_events(session)) == [
+        (handle, [(b"a", Change.WRITTEN), (b"b", Change.WRITTEN)])
+    ]

@@ -14,7 +14,7 @@ from cps.v1 import checkpoint_service_pb2 as pb
 
 from ._aio_pending import AsyncPendingQueue
 from ._stream import GapDetector
-from .errors import BadHandleError, InUseError, from_rpc_error
+from .errors import BadHandleError, from_rpc_error
 
 log = logging.getLogger("cps.client")
 
@@ -28,7 +28,7 @@ class AsyncCallbackStream:
         self, stub: Any, service_handle: int, queue: AsyncPendingQueue[pb.Callback]
     ) -> None:
         self._stub = stub
-        self._request = pb.CallbacksRequest(service_handle=service_handle)
+        self._service_handle = service_handle
         self._queue = queue
         self._gaps = GapDetector()
         self._stopping = False
@@ -49,7 +49,10 @@ class AsyncCallbackStream:
     async def _run(self) -> None:
         backoff = _FIRST_BACKOFF
         while not self._stopping:
-            call = self._stub.Callbacks(self._request)
+            request = pb.CallbacksRequest(
+                service_handle=self._service_handle, resume_after_sequence=self._gaps.last
+            )
+            call = self._stub.Callbacks(request)
             try:
                 async for response in call:
                     backoff = _FIRST_BACKOFF
@@ -60,7 +63,7 @@ class AsyncCallbackStream:
                 if self._stopping:
                     return
                 error = from_rpc_error(rpc_error)
-                if error.code in _RETRIED or isinstance(error, InUseError):
+                if error.code in _RETRIED:
                     log.warning("callbacks stream: %s; attaching again in %.2fs", error, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF)

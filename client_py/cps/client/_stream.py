@@ -4,10 +4,14 @@ It only moves received callbacks into the session's PendingQueue (which makes
 the selection object readable); callbacks run in ``Session.dispatch``, in the
 caller's thread.
 
-- A broken transport (UNAVAILABLE) or a stream the server still counts as
-  attached (INUSE) is retried with backoff until the session is finalized.
-- A gap in the callbacks' sequence numbers (lost with a broken stream) is
+- A broken transport (UNAVAILABLE) is retried with backoff until the session
+  is finalized; the new stream resumes after the last callback received, so
+  the node sends again what was lost in flight (and takes over from the old
+  stream if it still counts it as attached).
+- A gap in the callbacks' sequence numbers (what the node could not keep) is
   reported as a ``dropped`` callback of the missing count.
+- Another stream taking over this session's callbacks (ABORTED, INUSE) ends
+  this one: ``dispatch`` raises it.
 - Any other end (the session is gone: node stopped, session reaped, handle
   unknown) is the queue's sticky failure: ``dispatch`` raises it.
 """
@@ -23,7 +27,7 @@ import grpc
 from cps.v1 import checkpoint_service_pb2 as pb
 
 from ._pending import PendingQueue
-from .errors import BadHandleError, InUseError, from_rpc_error
+from .errors import BadHandleError, from_rpc_error
 
 log = logging.getLogger("cps.client")
 
@@ -35,7 +39,7 @@ _MAX_BACKOFF = 2.0
 class CallbackStream:
     def __init__(self, stub: Any, service_handle: int, queue: PendingQueue[pb.Callback]) -> None:
         self._stub = stub
-        self._request = pb.CallbacksRequest(service_handle=service_handle)
+        self._service_handle = service_handle
         self._queue = queue
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -62,7 +66,10 @@ class CallbackStream:
     def _run(self) -> None:
         backoff = _FIRST_BACKOFF
         while not self._stopping.is_set():
-            call = self._stub.Callbacks(self._request)
+            request = pb.CallbacksRequest(
+                service_handle=self._service_handle, resume_after_sequence=self._gaps.last
+            )
+            call = self._stub.Callbacks(request)
             with self._lock:
                 self._call = call
             if self._stopping.is_set():
@@ -76,7 +83,7 @@ class CallbackStream:
                 if self._stopping.is_set():
                     return
                 error = from_rpc_error(rpc_error)
-                if error.code in _RETRIED or isinstance(error, InUseError):
+                if error.code in _RETRIED:
                     log.warning("callbacks stream: %s; attaching again in %.2fs", error, backoff)
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF)
@@ -103,12 +110,12 @@ class GapDetector:
     were lost with a broken stream; report them as dropped."""
 
     def __init__(self) -> None:
-        self._last = 0
+        self.last = 0  # the sequence of the last callback received
 
     def check(self, callback: pb.Callback) -> list[pb.Callback]:
         """``callback``, preceded by a ``dropped`` one if callbacks are missing."""
-        missing = callback.sequence - self._last - 1
-        self._last = max(self._last, callback.sequence)
+        missing = callback.sequence - self.last - 1
+        self.last = max(self.last, callback.sequence)
         if missing > 0:
             return [pb.Callback(dropped=pb.CallbacksDropped(count=missing)), callback]
         return [callback]

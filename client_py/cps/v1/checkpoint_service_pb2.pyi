@@ -113,15 +113,23 @@ class CallbacksRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_HANDLE_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     service_handle: _builtins.int
+    resume_after_sequence: _builtins.int
+    """The sequence of the last callback the client has processed. The node
+    sends again the callbacks after it that it still retains (the last
+    --max-callback-queue sent), so a stream broken in flight loses nothing
+    it can recover; a gap in the sequence shows what it could not.
+    """
     def __init__(
         self,
         *,
         service_handle: _builtins.int = ...,
+        resume_after_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_handle", b"service_handle"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_after_sequence", b"resume_after_sequence", "service_handle", b"service_handle"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

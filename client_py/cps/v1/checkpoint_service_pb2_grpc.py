@@ -167,7 +167,9 @@ class CheckpointServiceServicer:
 
     def Callbacks(self, request, context):
         """The session's callbacks (open and synchronize completions, immediate
-        consumption notifications), in order, batched where several wait.
+        consumption notifications), in order, batched where several wait. A new
+        Callbacks call of the same session takes over: the previous stream ends
+        with ABORTED (reason CL_CKPT_ERR_INUSE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

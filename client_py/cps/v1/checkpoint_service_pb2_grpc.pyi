@@ -47,7 +47,9 @@ class CheckpointServiceStub:
     """
     Callbacks: _grpc.UnaryStreamMultiCallable[_checkpoint_service_pb2.CallbacksRequest, _checkpoint_service_pb2.CallbacksResponse]
     """The session's callbacks (open and synchronize completions, immediate
-    consumption notifications), in order, batched where several wait.
+    consumption notifications), in order, batched where several wait. A new
+    Callbacks call of the same session takes over: the previous stream ends
+    with ABORTED (reason CL_CKPT_ERR_INUSE).
     """
     CheckpointOpen: _grpc.UnaryUnaryMultiCallable[_checkpoint_service_pb2.CheckpointOpenRequest, _checkpoint_service_pb2.CheckpointOpenResponse]
     """clCkptCheckpointOpen"""
@@ -107,7 +109,9 @@ class CheckpointServiceAsyncStub(CheckpointServiceStub):
     """
     Callbacks: _aio.UnaryStreamMultiCallable[_checkpoint_service_pb2.CallbacksRequest, _checkpoint_service_pb2.CallbacksResponse]  # type: ignore[assignment]
     """The session's callbacks (open and synchronize completions, immediate
-    consumption notifications), in order, batched where several wait.
+    consumption notifications), in order, batched where several wait. A new
+    Callbacks call of the same session takes over: the previous stream ends
+    with ABORTED (reason CL_CKPT_ERR_INUSE).
     """
     CheckpointOpen: _aio.UnaryUnaryMultiCallable[_checkpoint_service_pb2.CheckpointOpenRequest, _checkpoint_service_pb2.CheckpointOpenResponse]  # type: ignore[assignment]
     """clCkptCheckpointOpen"""
@@ -182,7 +186,9 @@ class CheckpointServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_checkpoint_service_pb2.CallbacksResponse], _abc.AsyncIterator[_checkpoint_service_pb2.CallbacksResponse]]:
         """The session's callbacks (open and synchronize completions, immediate
-        consumption notifications), in order, batched where several wait.
+        consumption notifications), in order, batched where several wait. A new
+        Callbacks call of the same session takes over: the previous stream ends
+        with ABORTED (reason CL_CKPT_ERR_INUSE).
         """
 
     @_abc_1.abstractmethod

@@ -492,12 +492,15 @@ class CheckpointOpenCallback(_message.Message):
     CHECKPOINT_HANDLE_FIELD_NUMBER: _builtins.int
     ERROR_REASON_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_NAME_FIELD_NUMBER: _builtins.int
     invocation: _builtins.int
     checkpoint_handle: _builtins.int
     """Set when error_reason is empty."""
     error_reason: _builtins.str
     """Empty on success, else the seed's error name (e.g. CL_CKPT_ERR_NOT_EXIST)."""
     error_message: _builtins.str
+    checkpoint_name: _builtins.str
+    """The name given to CheckpointOpenAsync."""
     def __init__(
         self,
         *,
@@ -505,10 +508,11 @@ class CheckpointOpenCallback(_message.Message):
         checkpoint_handle: _builtins.int = ...,
         error_reason: _builtins.str = ...,
         error_message: _builtins.str = ...,
+        checkpoint_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_handle", b"checkpoint_handle", "error_message", b"error_message", "error_reason", b"error_reason", "invocation", b"invocation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_handle", b"checkpoint_handle", "checkpoint_name", b"checkpoint_name", "error_message", b"error_message", "error_reason", b"error_reason", "invocation", b"invocation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

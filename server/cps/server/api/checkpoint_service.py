@@ -9,6 +9,7 @@ from typing import Any
 import grpc
 
 from cps.server.core.errors import CkptError, ErrorCode
+from cps.server.core.events import Event
 from cps.server.core.manager import ReplicaManager
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
@@ -17,6 +18,13 @@ from cps.v1 import types_pb2 as t
 from . import convert
 from .calls import Durability, InMemory, seed_call, seed_mutation
 from .status import to_status
+
+
+def _callbacks(numbered: list[tuple[int, Event]]) -> pb.CallbacksResponse:
+    return pb.CallbacksResponse(
+        callbacks=[convert.callback_message(number, event) for number, event in numbered]
+    )
+
 
 _EMPTY_OPEN_ASYNC = pb.CheckpointOpenAsyncResponse()
 _EMPTY_CLOSE = pb.CheckpointCloseResponse()
@@ -56,26 +64,31 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
     ) -> AsyncIterator[pb.CallbacksResponse]:
         try:
             events = self.manager.session(request.service_handle).events
-            if events.on_ready is not None:
-                raise CkptError(
-                    ErrorCode.INUSE, "the session already has a Callbacks stream attached"
-                )
         except CkptError as error:
             await context.abort_with_status(to_status(error))
             return
+        # This stream takes over from any other of the session: a client that
+        # reconnects is not locked out by a half-dead stream.
         ready = asyncio.Event()
-        events.on_ready = ready.set
+        previous, events.on_ready = events.on_ready, ready.set
+        if previous is not None:
+            previous()  # wakes the old stream, which sees it was superseded
         try:
+            replay = events.sent_after(request.resume_after_sequence)
+            if replay:
+                yield _callbacks(replay)
             while not events.closed:
+                if events.on_ready != ready.set:
+                    superseded = CkptError(
+                        ErrorCode.INUSE, "another Callbacks stream of this session took over"
+                    )
+                    await context.abort_with_status(to_status(superseded, grpc.StatusCode.ABORTED))
+                    return
                 if not events.queue:
                     ready.clear()
                     await ready.wait()
                     continue
-                batch = []
-                for event in events.take_all():
-                    events.sequence += 1
-                    batch.append(convert.callback_message(events.sequence, event))
-                yield pb.CallbacksResponse(callbacks=batch)
+                yield _callbacks(events.take_numbered())
         finally:
             if events.on_ready == ready.set:
                 events.on_ready = None

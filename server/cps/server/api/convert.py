@@ -215,6 +215,7 @@ def callback_message(sequence: int, event: events.Event) -> pb.Callback:
             sequence=sequence,
             open=t.CheckpointOpenCallback(
                 invocation=event.invocation,
+                checkpoint_name=event.checkpoint_name,
                 checkpoint_handle=event.handle,
                 error_reason=event.error.code.value if event.error else "",
                 error_message=event.error.message if event.error else "",

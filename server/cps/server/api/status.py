@@ -44,10 +44,10 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def to_status(error: CkptError) -> grpc.Status:
-    """The gRPC status of a seed error: code from the table, ErrorInfo with
-    the seed's name as reason, and the iovector index or supported version
-    where the call has one."""
+def to_status(error: CkptError, code: grpc.StatusCode | None = None) -> grpc.Status:
+    """The gRPC status of a seed error: code from the table (unless given),
+    ErrorInfo with the seed's name as reason, and the iovector index or
+    supported version where the call has one."""
     metadata = dict(error.metadata)
     details = []
     if error.vector_index is not None:
@@ -69,6 +69,6 @@ def to_status(error: CkptError) -> grpc.Status:
     )
     details.insert(0, _pack(info))
     status = status_pb2.Status(
-        code=STATUS_CODES[error.code].value[0], message=error.message, details=details
+        code=(code or STATUS_CODES[error.code]).value[0], message=error.message, details=details
     )
     return rpc_status.to_status(status)

@@ -299,7 +299,7 @@ class Checkpoint:
                 new_sizes[element.section_id] = end
                 self._check_space(extra, index)
         now = self.clock.now()
-        changed: list[tuple[bytes, Change]] = []
+        changed: dict[bytes, Change] = {}  # one entry per section, first-write order
         for element in elements:
             section = self.sections[element.section_id]
             data = section.data
@@ -308,9 +308,9 @@ class Checkpoint:
                 data.extend(bytes(gap))  # a hole reads as zeros, as in POSIX files
             data[element.offset : element.offset + len(element.data)] = element.data
             section.last_update = now
-            changed.append((element.section_id, Change.WRITTEN))
+            changed[element.section_id] = Change.WRITTEN
         self.memory_used += extra
-        self._notify(changed)
+        self._notify(list(changed.items()))
 
     def overwrite(self, section_id: bytes, data: bytes) -> None:
         section = self._section(section_id)

@@ -19,6 +19,7 @@ class OpenCompleted:
     invocation: int
     handle: int
     error: CkptError | None
+    checkpoint_name: str = ""
 
 
 @dataclass(slots=True)
@@ -60,11 +61,15 @@ class SessionEvents:
         self.max_depth = max_depth
         self.queue: deque[Event] = deque()
         self.sequence = 0  # of the last event taken
+        # The last events taken, kept to be sent again to a stream that
+        # resumes after a break: (sequence, event), oldest first.
+        self.sent: deque[tuple[int, Event]] = deque(maxlen=max_depth)
         self.on_ready: Callable[[], None] | None = None
         self.closed = False
         # The newest waiting notification of each handle: merging under
         # pressure is O(1), so a stalled consumer never slows a writer.
         self._latest: dict[int, Notification] = {}
+        self._lost: EventsLost | None = None  # the marker waiting in the queue
 
     def push(self, event: Event) -> None:
         if self.closed:
@@ -91,28 +96,51 @@ class SessionEvents:
                 break
         else:
             return  # only completions wait: they are never dropped
-        if self.queue and isinstance(self.queue[0], EventsLost):
-            self.queue[0].count += 1
-        else:
-            self.queue.appendleft(EventsLost(1))
+        if self._lost is not None:
+            self._lost.count += 1
+        else:  # the marker stands where the first dropped notification stood
+            self._lost = EventsLost(1)
+            self.queue.insert(index, self._lost)
 
     def take_all(self) -> list[Event]:
-        events = list(self.queue)
+        return [event for _, event in self.take_numbered()]
+
+    def take_numbered(self) -> list[tuple[int, Event]]:
+        """Every waiting event with its sequence number (1, 2, ... per
+        session), kept for a stream that resumes."""
+        taken = []
+        for event in self.queue:
+            self.sequence += 1
+            taken.append((self.sequence, event))
         self.queue.clear()
         self._latest.clear()
-        return events
+        self._lost = None
+        self.sent.extend(taken)
+        return taken
+
+    def sent_after(self, sequence: int) -> list[tuple[int, Event]]:
+        """The retained events taken after ``sequence``."""
+        return [(number, event) for number, event in self.sent if number > sequence]
 
     def drop_handle(self, handle: int) -> None:
         """Cancel the pending callbacks of a closed handle."""
-        self.queue = deque(e for e in self.queue if isinstance(e, EventsLost) or e.handle != handle)
+        self.queue = deque(e for e in self.queue if not _of_handle(e, handle))
+        kept = [(n, e) for n, e in self.sent if not _of_handle(e, handle)]
+        self.sent = deque(kept, maxlen=self.max_depth)
         self._latest.pop(handle, None)
 
     def close(self) -> None:
         self.closed = True
         self.queue.clear()
+        self.sent.clear()
         self._latest.clear()
+        self._lost = None
         if self.on_ready is not None:
             self.on_ready()
+
+
+def _of_handle(event: Event, handle: int) -> bool:
+    return not isinstance(event, EventsLost) and event.handle == handle
 
 
 def _record(changes: list[tuple[bytes, Change]], section_id: bytes, change: Change) -> None:

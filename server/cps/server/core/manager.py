@@ -244,9 +244,9 @@ class ReplicaManager:
         except CkptError as error:
             if error.code in _CALL_ERRORS:
                 raise
-            session.events.push(OpenCompleted(invocation, 0, error))
+            session.events.push(OpenCompleted(invocation, 0, error, name))
         else:
-            session.events.push(OpenCompleted(invocation, handle_id, None))
+            session.events.push(OpenCompleted(invocation, handle_id, None, name))
 
     def _check_attributes(self, attributes: CreationAttributes) -> None:
         flags = attributes.creation_flags
