@@ -52,6 +52,9 @@ Notes:
   (and awaited if coroutine functions) in ``await session.dispatch(...)``.
 - Durations are seconds or ``timedelta``, or ``FOREVER``; expiration times
   are aware ``datetime`` or epoch seconds, or ``NEVER``.
+- ``Library`` is the library (file) based API of seed 3.3: datasets and
+  elements stored durably by the node, with serializers and deserializers
+  registered in the client (see ``cps.client.library``).
 """
 
 from .aio_checkpoint import AsyncCheckpoint
@@ -92,6 +95,13 @@ from .errors import (
     VersionMismatchError,
 )
 from .iteration import SectionIterator
+from .library import (
+    DatasetDeserializer,
+    DatasetSerializer,
+    ElementDeserializer,
+    ElementSerializer,
+    Library,
+)
 from .session import DEFAULT_CHANNEL_OPTIONS, Session
 from .values import (
     CLIENT_VERSION,
@@ -139,14 +149,19 @@ __all__ = [
     "CkptTimeoutError",
     "CreationAttributes",
     "CreationFlags",
+    "DatasetDeserializer",
+    "DatasetSerializer",
     "DispatchFlags",
     "DroppedCallback",
     "Duration",
+    "ElementDeserializer",
+    "ElementSerializer",
     "ExpirationTime",
     "InUseError",
     "InternalError",
     "InvalidHandleError",
     "InvalidParamError",
+    "Library",
     "LibraryInvalidHandleError",
     "LibraryInvalidParameterError",
     "LibraryNotExistError",
