@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from cps.v1 import checkpoint_service_pb2 as pb
 
 from . import _convert, _requests
+from ._closing import close_on_exit_async
 from .aio_iteration import AsyncSectionIterator
 from .callbacks import AsyncNotificationCallback
 from .errors import NotInitializedError
@@ -79,13 +80,7 @@ class AsyncCheckpoint:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc is None:
-            await self.close()
-            return
-        try:
-            await self.close()
-        except Exception as close_error:  # keep the body's exception in front
-            exc.add_note(f"closing {self!r} also failed: {close_error}")
+        await close_on_exit_async(exc, self.close, f"closing {self!r}")
 
     async def retention_duration_set(self, duration: RetentionDuration) -> None:
         await self.session._call(_requests.retention_duration_set(self.handle, duration))

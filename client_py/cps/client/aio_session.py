@@ -23,6 +23,7 @@ from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
 from . import _convert, _requests
 from ._aio_pending import AsyncPendingQueue
 from ._aio_stream import AsyncCallbackStream
+from ._closing import close_on_exit_async
 from ._pending import QueueClosed
 from ._router import Dropped, Notified, Opened, Router, Synchronized
 from ._rpc import invoke_async
@@ -256,10 +257,4 @@ class AsyncSession:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc is None:
-            await self.finalize()
-            return
-        try:
-            await self.finalize()
-        except Exception as finalize_error:  # keep the body's exception in front
-            exc.add_note(f"finalizing {self!r} also failed: {finalize_error}")
+        await close_on_exit_async(exc, self.finalize, f"finalizing {self!r}")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from cps.v1 import checkpoint_service_pb2 as pb
 
 from . import _convert, _requests
+from ._closing import close_on_exit
 from .callbacks import NotificationCallback
 from .errors import NotInitializedError
 from .iteration import SectionIterator
@@ -85,13 +86,7 @@ class Checkpoint:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc is None:
-            self.close()
-            return
-        try:
-            self.close()
-        except Exception as close_error:  # keep the body's exception in front
-            exc.add_note(f"closing {self!r} also failed: {close_error}")
+        close_on_exit(exc, self.close, f"closing {self!r}")
 
     def retention_duration_set(self, duration: RetentionDuration) -> None:
         """clCkptCheckpointRetentionDurationSet: seconds, a timedelta, or FOREVER."""

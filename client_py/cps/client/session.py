@@ -16,6 +16,7 @@ from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
 
 from . import _convert, _requests
+from ._closing import close_on_exit
 from ._pending import PendingQueue, QueueClosed
 from ._router import Dropped, Notified, Opened, Router, Synchronized
 from ._rpc import invoke
@@ -277,10 +278,4 @@ class Session:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc is None:
-            self.finalize()
-            return
-        try:
-            self.finalize()
-        except Exception as finalize_error:  # keep the body's exception in front
-            exc.add_note(f"finalizing {self!r} also failed: {finalize_error}")
+        close_on_exit(exc, self.finalize, f"finalizing {self!r}")
