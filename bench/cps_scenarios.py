@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 from grpc import aio
 
 from bench.load import Call, channel_of, raw_unary
-from bench.scenarios import PAYLOAD, PAYLOAD_SIZE, Scenario, Suite
+from bench.scenarios import PAYLOAD, PAYLOAD_SIZE, Scenario, Suite, chosen
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import types_pb2 as types
 
@@ -40,7 +40,7 @@ async def cps_call(
     return response_type.FromString(raw)
 
 
-async def _bounded(jobs: Sequence[Callable[[], Awaitable[object]]]) -> None:
+async def bounded(jobs: Sequence[Callable[[], Awaitable[object]]]) -> None:
     semaphore = asyncio.Semaphore(SETUP_CONCURRENCY)
 
     async def one(job: Callable[[], Awaitable[object]]) -> None:
@@ -100,7 +100,7 @@ async def open_read_write(channel: aio.Channel, service_handle: int, name: str) 
 
 async def close_handles(channel: aio.Channel, handles: Sequence[int]) -> None:
     close = raw_unary(channel, SERVICE + "CheckpointClose")
-    await _bounded(
+    await bounded(
         [
             functools.partial(
                 close, pb.CheckpointCloseRequest(checkpoint_handle=h).SerializeToString()
@@ -230,14 +230,16 @@ class CpsWrite32(CpsScenario):
 
 
 class CpsSuite(Suite):
-    def __init__(self) -> None:
+    def __init__(self, only: Collection[str] | None = None) -> None:
+        """All the CPS scenarios, or those named in `only`."""
         self.checkpoint_name = f"cps-bench-{os.getpid()}"
-        self.scenarios = [
+        all_scenarios: list[Scenario] = [
             CpsOpen(self.checkpoint_name),
             CpsOverwrite(self.checkpoint_name),
             CpsRead(self.checkpoint_name),
             CpsWrite32(self.checkpoint_name),
         ]
+        self.scenarios = chosen(all_scenarios, only)
         self._session: _Session | None = None
 
     async def prepare(self, channel: aio.Channel, max_inflight: int) -> None:
@@ -268,7 +270,7 @@ class CpsSuite(Suite):
         self._session = _Session(service_handle, handle)
 
         create = raw_unary(channel, SERVICE + "SectionCreate")
-        await _bounded(
+        await bounded(
             [
                 functools.partial(
                     create,

@@ -1,8 +1,10 @@
 """Benchmark CLI: `python -m bench.run [--quick] [--seconds S] [--out bench/RESULTS.md]`.
 
-Starts the bare reference server, etcd and CPS one after the other as
+Starts the bare reference server, etcd and CPS (in memory, persistent on
+tmpfs, persistent on a disk at --sync full and normal) one after the other as
 subprocesses on loopback ports, drives each with the same client code and
-writes one report with the ratios side by side.
+writes one report with the ratios side by side: closed-loop throughput,
+notification latency and library-checkpoint throughput.
 """
 
 from __future__ import annotations
@@ -11,21 +13,21 @@ import argparse
 import asyncio
 import contextlib
 import datetime
-import os
-import platform
 import shlex
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import google.protobuf
-import grpc
+from grpc import aio
 
+from bench import machine
 from bench import targets as tg
 from bench.cps_scenarios import CpsSuite
+from bench.library_scenarios import LibrarySuite
 from bench.load import (
     CALL_TIMEOUT_S,
     INFLIGHT_PER_CHANNEL,
@@ -36,19 +38,108 @@ from bench.load import (
     open_channels,
     run_load,
 )
-from bench.report import NOISY_OTHER_CORES, Row, TargetResult, render
-from bench.scenarios import BareSuite, EtcdSuite, Scenario, Suite
+from bench.notify import MAX_CHANNELS, SETTLE_S, NotifyFixture, NotifyResult, run_notify
+from bench.report import (
+    CPS,
+    CPS_DISK,
+    CPS_DISK_NORMAL,
+    CPS_MEM,
+    NOISY_OTHER_CORES,
+    Row,
+    TargetResult,
+    ratio_level,
+    render,
+)
+from bench.scenarios import BareSuite, CompositeSuite, EtcdSuite, Scenario, Suite
 
-ALL_TARGETS = ("bare", "etcd", "cps")
-TITLES = {
-    "bare": "bare: grpc.aio server, empty unary handler (Python gRPC ceiling)",
-    "etcd": "etcd: single member, KV over gRPC",
-    "cps": "CPS: cps-server",
-}
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A server configuration under test and what is run against it."""
+
+    name: str
+    title: str
+    suite: Callable[[], Suite]
+    # The in-flight levels its scenarios run at, from the command line.
+    levels: Callable[[argparse.Namespace], list[int]]
+    # Where its temporary data dir goes (None: it has none).
+    data_base: Callable[[argparse.Namespace], Path] | None = None
+    # CPS only: options appended to --cps-cmd.
+    cps_flags: tuple[str, ...] | None = None
+    # Run the notification-latency runs too.
+    notify: bool = False
+
+
+def _all_levels(args: argparse.Namespace) -> list[int]:
+    return list(args.levels)
+
+
+def _disk_levels(args: argparse.Namespace) -> list[int]:
+    """The disk runs: the lowest level (one commit per op) and the targets' level."""
+    return sorted({min(args.levels), ratio_level(args.levels)})
+
+
+def _data_base(args: argparse.Namespace) -> Path:
+    return Path(args.data_base)
+
+
+def _disk_base(args: argparse.Namespace) -> Path:
+    return Path(args.disk_base)
+
+
+SPECS = [
+    TargetSpec(
+        "bare",
+        "bare: grpc.aio server, empty unary handler (Python gRPC ceiling)",
+        BareSuite,
+        _all_levels,
+    ),
+    TargetSpec("etcd", "etcd: single member, KV over gRPC", EtcdSuite, _all_levels, _data_base),
+    TargetSpec(
+        CPS_MEM,
+        f"{CPS_MEM}: cps-server --no-persist-server-checkpoints (server checkpoints in memory)",
+        CpsSuite,
+        _all_levels,
+        _data_base,
+        cps_flags=("--no-persist-server-checkpoints",),
+        notify=True,
+    ),
+    TargetSpec(
+        CPS,
+        f"{CPS}: cps-server, default flags (server checkpoints stored in SQLite)",
+        lambda: CompositeSuite(CpsSuite(), LibrarySuite()),
+        _all_levels,
+        _data_base,
+        cps_flags=(),
+        notify=True,
+    ),
+    TargetSpec(
+        CPS_DISK,
+        f"{CPS_DISK}: cps-server --sync full, data dir on a disk",
+        lambda: CompositeSuite(CpsSuite(only=["overwrite"]), LibrarySuite(only=["lib-write"])),
+        _disk_levels,
+        _disk_base,
+        cps_flags=("--sync", "full"),
+    ),
+    TargetSpec(
+        CPS_DISK_NORMAL,
+        f"{CPS_DISK_NORMAL}: cps-server --sync normal, data dir on a disk",
+        lambda: CpsSuite(only=["overwrite"]),
+        _disk_levels,
+        _disk_base,
+        cps_flags=("--sync", "normal"),
+    ),
+]
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+ALL_TARGETS = tuple(SPEC_BY_NAME)
 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _int_list(text: str) -> list[int]:
+    return sorted({int(x) for x in text.split(",") if x.strip()})
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,38 +150,69 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--inflight", default="1,16,64", help="comma-separated in-flight levels (default 1,16,64)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 1 s per run, in-flight 1 and 16"
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 s per run, in-flight 1 and 16, 200 writes per notification run",
     )
     parser.add_argument(
-        "--targets", default=",".join(ALL_TARGETS), help="comma-separated, of bare,etcd,cps"
+        "--targets",
+        default=",".join(ALL_TARGETS),
+        help=f"comma-separated, of {','.join(ALL_TARGETS)}",
     )
     parser.add_argument(
         "--repeat",
         type=int,
         default=1,
-        help="runs per scenario and level; the run of median ops/s is reported",
+        help="runs per scenario and level; the run of median ops/s is reported "
+        "(notification runs are not repeated)",
     )
     parser.add_argument("--out", type=Path, help="write the Markdown report here too")
     parser.add_argument(
         "--cps-cmd",
         default=shlex.join(tg.default_cps_command()),
-        help="command starting CPS, options included (e.g. '... --sync normal'); "
-        "'--listen HOST:PORT --data-dir DIR' is appended",
+        help="command starting CPS, options included; each CPS target appends its own "
+        "options (e.g. --no-persist-server-checkpoints), then '--listen HOST:PORT --data-dir DIR'",
     )
     parser.add_argument("--etcd-bin", default="/usr/bin/etcd")
     parser.add_argument(
         "--data-base",
         type=Path,
         default=tg.default_data_dir_base(),
-        help="where the temporary data dirs of CPS and etcd go (default: /dev/shm, a tmpfs, "
-        "when present; give a disk path to include real fsync costs)",
+        help="where the temporary data dirs of etcd, cps and cps-mem go (default: /dev/shm, "
+        "a tmpfs, when present)",
+    )
+    parser.add_argument(
+        "--disk-base",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="where the temporary data dirs of cps-disk and cps-disk-normal go: a directory "
+        "on a real disk, so that fsync costs what it costs (default: /var/tmp)",
+    )
+    parser.add_argument(
+        "--notify-runs",
+        default="1@200,10@200,100@200,100@50",
+        help="notification runs, comma-separated SUBSCRIBERS@WRITES_PER_S ('' for none; "
+        "default 1@200,10@200,100@200,100@50)",
+    )
+    parser.add_argument(
+        "--notify-seconds",
+        type=float,
+        default=5.0,
+        help="length of the write schedule of a notification run: writes = rate x seconds "
+        "(default 5: 1,000 writes at 200/s)",
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.inflight = 1.0, 0.3, "1,16"
-    args.levels = sorted({int(x) for x in args.inflight.split(",") if x.strip()})
-    args.target_names = [t for t in ALL_TARGETS if t in args.targets.split(",")]
-    unknown = set(args.targets.split(",")) - set(ALL_TARGETS)
+        args.notify_seconds = min(args.notify_seconds, 1.0)
+    try:
+        args.levels = _int_list(args.inflight)
+        args.notify_plan = _notify_plan(args.notify_runs, args.notify_seconds)
+    except ValueError as exc:
+        parser.error(str(exc))
+    requested = [t for t in args.targets.split(",") if t.strip()]
+    args.target_names = [t for t in ALL_TARGETS if t in requested]
+    unknown = set(requested) - set(ALL_TARGETS)
     if unknown or not args.levels or min(args.levels) < 1 or args.repeat < 1:
         parser.error(
             f"bad --targets {sorted(unknown)}, --inflight {args.inflight!r} "
@@ -99,44 +221,89 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+@dataclass(frozen=True)
+class NotifyPlan:
+    subscribers: int
+    rate: float
+    writes: int
+
+
+def _notify_plan(text: str, seconds: float) -> list[NotifyPlan]:
+    """Parse SUBSCRIBERS@RATE,...; each run writes rate x seconds times."""
+    plan: list[NotifyPlan] = []
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        subscribers, _, rate = item.partition("@")
+        try:
+            run = NotifyPlan(int(subscribers), float(rate), round(float(rate) * seconds))
+        except ValueError:
+            raise ValueError(f"bad --notify-runs item {item!r}: want SUBSCRIBERS@RATE") from None
+        if run.subscribers < 1 or run.rate <= 0 or run.writes < 1:
+            raise ValueError(f"bad --notify-runs item {item!r} with --notify-seconds {seconds:g}")
+        plan.append(run)
+    return plan
+
+
+def cps_argv(args: argparse.Namespace, spec: TargetSpec) -> list[str]:
+    return [*shlex.split(args.cps_cmd), *(spec.cps_flags or ())]
+
+
+def cps_config(argv: Sequence[str]) -> str:
+    """What a CPS command line asks for, as the server reads it (the last option wins)."""
+    persist, sync = True, "full"
+    for i, arg in enumerate(argv):
+        if arg == "--no-persist-server-checkpoints":
+            persist = False
+        elif arg == "--persist-server-checkpoints":
+            persist = True
+        elif arg == "--sync" and i + 1 < len(argv):
+            sync = argv[i + 1]
+        elif arg.startswith("--sync="):
+            sync = arg.split("=", 1)[1]
+    if persist:
+        return f"server checkpoints stored, --sync {sync}"
+    return "server checkpoints in memory"
+
+
 def machine_info(args: argparse.Namespace) -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    info = {
-        "nproc": f"{os.cpu_count()} (client and servers share them; nothing is pinned)",
-        "CPU": model,
-        "kernel": platform.release(),
-        "Python": platform.python_version(),
-        "grpcio": grpc.__version__,
-        "protobuf": google.protobuf.__version__,
-    }
+    info = machine.versions()
     if "etcd" in args.target_names:
         info["etcd"] = tg.etcd_version(args.etcd_bin)
-    info["data dirs of CPS and etcd"] = (
-        f"temporary, under {args.data_base} ({_fs_type(args.data_base)})"
+    by_base: dict[Path, list[str]] = {}
+    for name in args.target_names:
+        spec = SPEC_BY_NAME[name]
+        if spec.data_base is not None:
+            by_base.setdefault(spec.data_base(args), []).append(f"`{name}`")
+    info["data dirs (temporary, one per server)"] = "; ".join(
+        f"{', '.join(names)} under {machine.describe_dir(base)}" for base, names in by_base.items()
     )
     return info
 
 
-def _fs_type(path: Path) -> str:
-    """The file system type of the mount holding `path`, from /proc/mounts."""
-    best, fs_type = "", "unknown file system"
-    resolved = str(path.resolve())
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/mounts").read_text().splitlines():
-            fields = line.split()
-            mount = fields[1]
-            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
-            if inside and len(mount) > len(best):
-                best, fs_type = mount, fields[2]
-    return fs_type
+def fsync_note(args: argparse.Namespace) -> str | None:
+    """The median fsync time in each data-dir base (measured now), if a disk target runs."""
+    if not any(SPEC_BY_NAME[n].data_base is _disk_base for n in args.target_names):
+        return None
+    parts: list[str] = []
+    for base in dict.fromkeys([Path(args.disk_base), Path(args.data_base)]):
+        value = machine.fsync_ms(base)
+        shown = "failed" if value is None else f"{value:.3f} ms"
+        parts.append(f"{shown} in {machine.describe_dir(base)}")
+    return (
+        f"fsync after a 4 KiB append, median of {machine.FSYNC_PROBES} measured before the "
+        "run: " + ", ".join(parts) + "."
+    )
 
 
 def method_notes(args: argparse.Namespace) -> list[str]:
+    cps_lines = [
+        f"`{name}`: `{shlex.join(cps_argv(args, SPEC_BY_NAME[name]))} --listen "
+        "127.0.0.1:PORT --data-dir TMPDIR`"
+        for name in args.target_names
+        if SPEC_BY_NAME[name].cps_flags is not None
+    ]
+    runs = ", ".join(f"{r.subscribers} at {r.rate:g}/s" for r in args.notify_plan) or "none"
     return [
         "Closed loop: the in-flight level is the number of concurrent workers (asyncio tasks "
         "in one client process, grpc.aio), each awaiting one call after another.",
@@ -158,23 +325,41 @@ def method_notes(args: argparse.Namespace) -> list[str]:
         "cores.",
         "CPS: one checkpoint (WR_ACTIVE_REPLICA) with 1 KiB sections per worker; each run opens "
         "one session (Initialize + CheckpointOpen READ|WRITE) per channel, shared by the "
-        "channel's workers. Started as "
-        f"`{args.cps_cmd} --listen 127.0.0.1:PORT --data-dir TMPDIR`, "
-        "its defaults otherwise (see `cps-server --help`).",
+        "channel's workers. Started as (each its own data dir, other options at their "
+        "defaults, see `cps-server --help`): " + "; ".join(cps_lines) + ".",
+        f"Disk targets (`{CPS_DISK}`, `{CPS_DISK_NORMAL}`) run only overwrite (and lib-write) "
+        "at the lowest in-flight level and the targets' level.",
+        "Library: one library checkpoint with a dataset per worker; each run initializes one "
+        "library handle per channel.",
+        f"Notifications (`{CPS_MEM}`, `{CPS}`), runs of subscribers at writes/s: {runs}. "
+        "Subscriber sessions (each: Initialize, CheckpointOpen READ, "
+        "ImmediateConsumptionRegister, then its `Callbacks` stream) are spread over up to "
+        f"{MAX_CHANNELS} channels; one writer on its own channel sends SectionOverwrite of "
+        f"1 KiB on a fixed schedule (open loop) for {args.notify_seconds:g} s (rate x "
+        f"{args.notify_seconds:g} writes), each to a section of its own so that every "
+        "notification names its write. Times from one monotonic clock in the one client "
+        "process: send, acknowledgement received, notification received (per subscriber). "
+        "The subscribers, the writer and the server share the machine's cores: the client "
+        "and the server each run one Python event loop. "
+        f"Missing notifications are awaited up to {SETTLE_S:g} s after the last write; "
+        "send lag = how late the client's loop sent a write against its schedule. Server "
+        "µs/notification = server CPU time from the first write to the last notification "
+        "(writes included) / notifications received.",
         "etcd: started with default tuning (linearizable reads, fsync on each commit, into "
-        "the data dir above).",
+        "its data dir).",
     ]
 
 
 async def bench_target(
-    name: str,
+    spec: TargetSpec,
     server: tg.ServerProcess,
-    suite: Suite,
-    levels: Sequence[int],
+    result: TargetResult,
     args: argparse.Namespace,
 ) -> TargetResult:
-    result = TargetResult(name=name, title=TITLES[name])
+    suite = spec.suite()
+    levels = spec.levels(args)
     result.descriptions = {s.name: s.description for s in suite.scenarios}
+    name = spec.name
     try:
         server.start()
         await server.wait_ready()
@@ -188,6 +373,8 @@ async def bench_target(
                     _log(f"  {name} {scenario.name} @{level}: " + _summary(row))
             with contextlib.suppress(Exception):
                 await suite.finish(setup[0])
+            if spec.notify and args.notify_plan:
+                await _notify_runs(server, setup[0], result, args)
         finally:
             await close_channels(setup)
     except Exception as exc:
@@ -196,6 +383,40 @@ async def bench_target(
     finally:
         server.stop()
     return result
+
+
+async def _notify_runs(
+    server: tg.ServerProcess, setup: aio.Channel, result: TargetResult, args: argparse.Namespace
+) -> None:
+    fixture = NotifyFixture(max(run.writes for run in args.notify_plan))
+    try:
+        await fixture.prepare(setup)
+        for plan in args.notify_plan:
+            run = await run_notify(
+                server.address, server.pid, fixture, plan.subscribers, plan.writes, plan.rate
+            )
+            result.notify.append(run)
+            _log(
+                f"  {result.name} notify x{plan.subscribers} @{plan.rate:g}/s: "
+                + _notify_summary(run)
+            )
+        with contextlib.suppress(Exception):
+            await fixture.finish(setup)
+    except Exception as exc:
+        result.notify_error = describe(exc)
+        _log(f"  {result.name} notify: {result.notify_error}")
+
+
+def _notify_summary(run: NotifyResult) -> str:
+    text = f"{run.received:,}/{run.expected:,} received"
+    if run.after_ack is not None and run.after_send is not None:
+        text += (
+            f", after ack p50 {run.after_ack.p50_ms:.2f} p99 {run.after_ack.p99_ms:.2f} ms, "
+            f"after send p50 {run.after_send.p50_ms:.2f} p99 {run.after_send.p99_ms:.2f} ms"
+        )
+    if run.errors:
+        text += f" ({run.errors} errors: {run.first_error})"
+    return text
 
 
 async def _run_one(
@@ -251,15 +472,28 @@ def _summary(row: Row) -> str:
     return text
 
 
-def _servers(args: argparse.Namespace, workdir: Path) -> dict[str, Callable[[], tg.ServerProcess]]:
-    return {
-        "bare": lambda: tg.bare_server(workdir),
-        "etcd": lambda: tg.etcd_server(workdir, args.etcd_bin, args.data_base),
-        "cps": lambda: tg.cps_server(workdir, shlex.split(args.cps_cmd), args.data_base),
-    }
+def make_server(spec: TargetSpec, args: argparse.Namespace, workdir: Path) -> tg.ServerProcess:
+    if spec.name == "bare":
+        return tg.bare_server(workdir)
+    if spec.name == "etcd":
+        return tg.etcd_server(workdir, args.etcd_bin, Path(args.data_base))
+    assert spec.data_base is not None and spec.cps_flags is not None
+    return tg.cps_server(
+        workdir,
+        shlex.split(args.cps_cmd),
+        spec.data_base(args),
+        name=spec.name,
+        extra_args=spec.cps_flags,
+    )
 
 
-SUITES: dict[str, Callable[[], Suite]] = {"bare": BareSuite, "etcd": EtcdSuite, "cps": CpsSuite}
+def new_result(spec: TargetSpec, args: argparse.Namespace) -> TargetResult:
+    result = TargetResult(name=spec.name, title=spec.title)
+    if spec.data_base is not None:
+        result.data_dir = machine.describe_dir(spec.data_base(args))
+    if spec.cps_flags is not None:
+        result.config = cps_config(cps_argv(args, spec))
+    return result
 
 
 async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, TargetResult]:
@@ -270,15 +504,16 @@ async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, TargetRe
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
     results: dict[str, TargetResult] = {}
-    servers = _servers(args, workdir)
     for name in args.target_names:
+        spec = SPEC_BY_NAME[name]
         _log(f"{name}:")
+        result = results[name] = new_result(spec, args)
         try:
-            server = servers[name]()
+            server = make_server(spec, args, workdir)
         except Exception as exc:
-            results[name] = TargetResult(name, TITLES[name], error=describe(exc))
+            result.error = describe(exc)
             continue
-        results[name] = await bench_target(name, server, SUITES[name](), args.levels, args)
+        await bench_target(spec, server, result, args)
     return results
 
 
@@ -297,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     command = shlex.join(["python", "-m", "bench.run", *(sys.argv[1:] if argv is None else argv)])
     started = time.monotonic()
+    fsync = fsync_note(args)
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     with tempfile.TemporaryDirectory(prefix="cps-bench-") as tmp:
         try:
@@ -321,16 +557,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         method=method_notes(args),
         levels=args.levels,
         targets=results,
+        fsync_note=fsync,
     )
     print(text)
     if args.out is not None:
         args.out.write_text(text)
         _log(f"wrote {args.out}")
-    failed = any(
-        r.error is not None or any(row.result is None or row.result.errors for row in r.rows)
-        for r in results.values()
-    )
-    return 1 if failed else 0
+    return 1 if any(r.failed for r in results.values()) else 0
 
 
 if __name__ == "__main__":

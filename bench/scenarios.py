@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from grpc import aio
 
@@ -48,6 +49,32 @@ class Suite(ABC):
 
     async def finish(self, channel: aio.Channel) -> None:  # noqa: B027
         """Remove the fixtures (best effort; the server is stopped next anyway)."""
+
+
+class CompositeSuite(Suite):
+    """The scenarios of several suites run against one server, in order."""
+
+    def __init__(self, *suites: Suite) -> None:
+        self.suites = suites
+        self.scenarios = [scenario for suite in suites for scenario in suite.scenarios]
+
+    async def prepare(self, channel: aio.Channel, max_inflight: int) -> None:
+        for suite in self.suites:
+            await suite.prepare(channel, max_inflight)
+
+    async def finish(self, channel: aio.Channel) -> None:
+        for suite in self.suites:
+            with contextlib.suppress(Exception):
+                await suite.finish(channel)
+
+
+def chosen(scenarios: Sequence[Scenario], only: Collection[str] | None) -> list[Scenario]:
+    """The scenarios named in `only` (all when None), in their own order."""
+    if only is not None:
+        unknown = set(only) - {s.name for s in scenarios}
+        if unknown:
+            raise ValueError(f"unknown scenarios {sorted(unknown)}")
+    return [s for s in scenarios if only is None or s.name in only]
 
 
 def _fixed_calls(

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,17 +178,27 @@ def default_cps_command() -> list[str]:
     return [str(Path(sys.executable).parent / "cps-server")]
 
 
-def cps_server(workdir: Path, command: list[str], dir_base: Path) -> ServerProcess:
-    """CPS with its store in a fresh temporary data dir under `dir_base`."""
+def cps_server(
+    workdir: Path,
+    command: list[str],
+    dir_base: Path,
+    name: str = "cps",
+    extra_args: Sequence[str] = (),
+) -> ServerProcess:
+    """CPS with its store in a fresh temporary data dir under `dir_base`.
+
+    `extra_args` follow `command` (so they win over the same option in it),
+    then come `--listen` and `--data-dir`.
+    """
     (port,) = free_ports(1)
     address = f"{LOOPBACK}:{port}"
-    data_dir = Path(tempfile.mkdtemp(prefix="cps-bench-cps-", dir=dir_base))
+    data_dir = Path(tempfile.mkdtemp(prefix=f"cps-bench-{name}-", dir=dir_base))
     return ServerProcess(
-        name="cps",
-        argv=[*command, "--listen", address, "--data-dir", str(data_dir)],
+        name=name,
+        argv=[*command, *extra_args, "--listen", address, "--data-dir", str(data_dir)],
         address=address,
         probe=_probe_cps,
-        log_path=workdir / "cps.log",
+        log_path=workdir / f"{name}.log",
         cleanup_dirs=[data_dir],
     )
 
