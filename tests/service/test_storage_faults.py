@@ -3,7 +3,10 @@ change is stored by the next successful commit."""
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import sqlite3
+import threading
 from collections.abc import Sequence
 
 import grpc
@@ -11,7 +14,7 @@ import pytest
 
 from cps.server.storage.sqlite_store import Statement
 from cps.v1 import checkpoint_service_pb2 as pb
-from tests.support import Client, running_node, seed_error, sid
+from tests.support import RW, Client, running_node, seed_error, sid
 
 
 def test_failed_commit_fails_the_call_and_is_retried() -> None:
@@ -39,3 +42,49 @@ def test_failed_commit_fails_the_call_and_is_retried() -> None:
         client.create_section(handle, b"b", b"after")  # this commit carries both
         rows = dict((section_id, data) for _, section_id, data, *_ in store.load("section"))
         assert rows == {b"a": b"during", b"b": b"after"}
+
+
+def test_notifications_wait_for_the_commit_of_their_change() -> None:
+    with running_node() as node, grpc.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        writer, watcher = Client(channel), Client(channel)
+        handle = writer.open("gated")
+        writer.create_section(handle, b"s", b"0")
+        watched = watcher.open("gated", flags=RW)
+        watcher.stub.ImmediateConsumptionRegister(
+            pb.ImmediateConsumptionRegisterRequest(checkpoint_handle=watched)
+        )
+        stream = watcher.stub.Callbacks(pb.CallbacksRequest(service_handle=watcher.session))
+        arrived: queue.Queue[pb.Callback] = queue.Queue()
+
+        def read_stream() -> None:
+            with contextlib.suppress(grpc.RpcError):
+                for message in stream:
+                    for callback in message.callbacks:
+                        arrived.put(callback)
+
+        threading.Thread(target=read_stream, daemon=True).start()
+        store = node.journal.store
+        real_apply = store.apply
+        release = threading.Event()
+
+        def slow_disk(statements: Sequence[Statement]) -> None:
+            release.wait(10)
+            real_apply(statements)
+
+        store.apply = slow_disk  # type: ignore[method-assign]
+        overwrite = threading.Thread(
+            target=writer.stub.SectionOverwrite,
+            args=(
+                pb.SectionOverwriteRequest(
+                    checkpoint_handle=handle, section_id=sid(b"s"), data_buffer=b"1"
+                ),
+            ),
+        )
+        overwrite.start()
+        with pytest.raises(queue.Empty):
+            arrived.get(timeout=0.5)  # applied in memory, not yet stored: not told
+        release.set()
+        callback = arrived.get(timeout=5)
+        assert callback.notification.changed_sections[0].section_id.id == b"s"
+        overwrite.join(timeout=5)
+        stream.cancel()

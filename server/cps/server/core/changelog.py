@@ -7,6 +7,7 @@ between two commits cost one row write.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 # ("checkpoint", name): the checkpoint of that name, all of it (created,
@@ -24,9 +25,18 @@ Key = tuple[object, ...]
 class ChangeLog(Protocol):
     def mark(self, key: Key) -> None: ...
 
+    def after_durable(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once every change marked so far is stored, and after
+        the actions given before it: callbacks reach clients in order, and
+        never before the change they report could survive a crash."""
+        ...
+
 
 class NoChangeLog:
     """For a node that keeps nothing on disk."""
 
     def mark(self, key: Key) -> None:
         pass
+
+    def after_durable(self, action: Callable[[], None]) -> None:
+        action()

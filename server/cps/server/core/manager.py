@@ -244,9 +244,9 @@ class ReplicaManager:
         except CkptError as error:
             if error.code in _CALL_ERRORS:
                 raise
-            session.events.push(OpenCompleted(invocation, 0, error, name))
+            self._deliver([(session, OpenCompleted(invocation, 0, error, name))])
         else:
-            session.events.push(OpenCompleted(invocation, handle_id, None, name))
+            self._deliver([(session, OpenCompleted(invocation, handle_id, None, name))])
 
     def _check_attributes(self, attributes: CreationAttributes) -> None:
         flags = attributes.creation_flags
@@ -536,19 +536,36 @@ class ReplicaManager:
 
     def synchronize_async(self, handle_id: int, invocation: int) -> None:
         self.synchronize(handle_id)
-        self.handle(handle_id).session.events.push(
-            SynchronizeCompleted(invocation, handle_id, None)
-        )
+        session = self.handle(handle_id).session
+        self._deliver([(session, SynchronizeCompleted(invocation, handle_id, None))])
 
     def immediate_consumption_register(self, handle_id: int) -> None:
         self.handle(handle_id).notify = True
 
     def _on_change(self, checkpoint: Checkpoint, changes: list[tuple[bytes, Change]]) -> None:
-        for handle in self._openers.get(checkpoint, ()):
-            if handle.notify:
-                handle.session.events.push(
-                    Notification(checkpoint.name, handle.handle_id, list(changes))
-                )
+        deliveries: list[tuple[Session, Event]] = [
+            (handle.session, Notification(checkpoint.name, handle.handle_id, list(changes)))
+            for handle in self._openers.get(checkpoint, ())
+            if handle.notify
+        ]
+        if deliveries:
+            self._deliver(deliveries)
+
+    def _deliver(self, deliveries: list[tuple[Session, Event]]) -> None:
+        """Queue callbacks once what they report is durable (at once on a node
+        that stores nothing), skipping those of sessions or handles closed in
+        the meantime (Close and Finalize cancel pending callbacks)."""
+
+        def push() -> None:
+            for session, event in deliveries:
+                if self.sessions.get(session.session_id) is not session:
+                    continue
+                handle = getattr(event, "handle", 0)
+                if handle and handle not in session.handles:
+                    continue
+                session.events.push(event)
+
+        self.changelog.after_durable(push)
 
     def take_events(self, session_id: int) -> list[Event]:
         return self.session(session_id).events.take_all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from cps.server.core.changelog import Key
@@ -19,6 +20,17 @@ from .mapping import statements_for
 from .sqlite_store import SqliteStore, Statement
 
 log = logging.getLogger("cps.storage")
+
+# After a failed commit, when to try again if no new change comes first.
+RETRY_SECONDS = 1.0
+
+
+def _run(actions: list[Callable[[], None]]) -> None:
+    for action in actions:
+        try:
+            action()
+        except Exception:  # one failing callback must not stop the others
+            log.exception("callback delivery failed")
 
 
 class StorageFailed(Exception):
@@ -32,6 +44,9 @@ class Journal:
         self.library: LibraryManager | None = None
         self._dirty: dict[Key, None] = {}
         self._waiters: list[asyncio.Future[None]] = []
+        # Run after the commit of what is dirty now (or, when nothing is, after
+        # the batch in flight), in order.
+        self._after: list[Callable[[], None]] = []
         self._flushing = False
         # The connection is used from this one thread only.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cps-sqlite")
@@ -44,6 +59,12 @@ class Journal:
             # checkpoints too); the task runs once the current call is done.
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
+
+    def after_durable(self, action: Callable[[], None]) -> None:
+        if self._dirty or self._flushing:
+            self._after.append(action)
+        else:
+            action()
 
     def durable(self) -> asyncio.Future[None] | None:
         """A future done when everything marked so far is committed, or None
@@ -60,6 +81,7 @@ class Journal:
             while self._dirty:
                 keys, self._dirty = list(self._dirty), {}
                 waiters, self._waiters = self._waiters, []
+                after, self._after = self._after, []
                 try:
                     statements = self._statements(keys)
                     await loop.run_in_executor(self._executor, self.store.apply, statements)
@@ -70,15 +92,29 @@ class Journal:
                         if not waiter.done():
                             waiter.set_exception(failure)
                     self._waiters = []
-                    # Keep the keys: the next change retries them with its commit.
+                    # Keep the keys and the callbacks: the next change retries
+                    # them with its commit.
                     self._dirty = dict.fromkeys(keys) | self._dirty
+                    self._after = after + self._after
+                    loop.call_later(RETRY_SECONDS, self._retry)
                     break
                 self.batches += 1
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
+                _run(after)
+            else:
+                # Nothing left to commit: callbacks that only waited for the
+                # batch in flight (to keep their order) may go now.
+                after, self._after = self._after, []
+                _run(after)
         finally:
             self._flushing = False
+
+    def _retry(self) -> None:
+        if self._dirty and not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
 
     def _statements(self, keys: list[Key]) -> list[Statement]:
         assert self.library is not None
