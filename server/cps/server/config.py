@@ -25,6 +25,11 @@ class Settings:
     persist_server_checkpoints: bool
     sync: str
     metrics_listen: str
+    node_name: str
+    standby_of: str
+    failover_seconds: float
+    replica_timeout_seconds: float
+    failover_grace_seconds: float
     limits: Limits
 
 
@@ -98,6 +103,35 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         default="",
         help="HOST:PORT of the Prometheus /metrics endpoint (empty: off)",
     )
+    parser.add_argument(
+        "--node-name",
+        default="",
+        help="this node's name in replication (default: host:port it listens on)",
+    )
+    parser.add_argument(
+        "--standby-of",
+        default="",
+        help="HOST:PORT of a primary to follow as a standby (empty: this node is a primary)",
+    )
+    parser.add_argument(
+        "--failover-seconds",
+        type=float,
+        default=3.0,
+        help="a standby takes over when its primary is unreachable this long",
+    )
+    parser.add_argument(
+        "--replica-timeout-seconds",
+        type=float,
+        default=2.0,
+        help="a standby that does not acknowledge a synchronous batch this fast is dropped",
+    )
+    parser.add_argument(
+        "--failover-grace-seconds",
+        type=float,
+        default=30.0,
+        help="after taking over, retention timers run at least this long, so that "
+        "clients can reopen their checkpoints",
+    )
     defaults = Limits()
     for field in fields(Limits):
         parser.add_argument(
@@ -122,5 +156,10 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         persist_server_checkpoints=args.persist_server_checkpoints,
         sync=args.sync.upper(),
         metrics_listen=args.metrics_listen,
+        node_name=args.node_name or args.listen,
+        standby_of=args.standby_of,
+        failover_seconds=args.failover_seconds,
+        replica_timeout_seconds=args.replica_timeout_seconds,
+        failover_grace_seconds=args.failover_grace_seconds,
         limits=limits,
     )

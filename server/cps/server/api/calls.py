@@ -28,11 +28,25 @@ class Durability(Protocol):
         """Done when every change made so far is stored; None: nothing to wait for."""
         ...
 
+    async def replicated(self) -> None:
+        """Until every replica holds every change stored so far."""
+        ...
+
+    def check_serving(self) -> None:
+        """Raise CkptError when this node must not serve clients (a standby)."""
+        ...
+
 
 class InMemory:
-    """Durability of a node that keeps nothing on disk."""
+    """Durability of a node that keeps nothing on disk and has no replicas."""
 
     def durable(self) -> asyncio.Future[None] | None:
+        return None
+
+    async def replicated(self) -> None:
+        return None
+
+    def check_serving(self) -> None:
         return None
 
 
@@ -66,6 +80,7 @@ def _handler(
     async def handler(self: S, request: Request, context: Context) -> Response:
         started = time.perf_counter()
         try:
+            self.durability.check_serving()
             response = method(self, request)
             pending = self.durability.durable() if durable else None
             if pending is not None:

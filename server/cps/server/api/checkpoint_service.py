@@ -36,6 +36,7 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
     def __init__(self, manager: ReplicaManager, durability: Durability | None = None) -> None:
         self.manager = manager
         self.durability = durability or InMemory()
+        self._tasks: set[asyncio.Task[None]] = set()  # SynchronizeAsync completions
 
     # -- sessions ----------------------------------------------------------
 
@@ -63,6 +64,7 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
         self, request: pb.CallbacksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.CallbacksResponse]:
         try:
+            self.durability.check_serving()
             events = self.manager.session(request.service_handle).events
         except CkptError as error:
             await context.abort_with_status(to_status(error))
@@ -243,18 +245,31 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
         return response
 
     @seed_call
-    def CheckpointSynchronize(
-        self, request: pb.CheckpointSynchronizeRequest
-    ) -> pb.CheckpointSynchronizeResponse:
+    def _synchronize_check(self, request: pb.CheckpointSynchronizeRequest) -> None:
         self.manager.synchronize(request.checkpoint_handle)
+
+    async def CheckpointSynchronize(
+        self, request: pb.CheckpointSynchronizeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CheckpointSynchronizeResponse:
+        await self._synchronize_check(request, context)
+        await self.durability.replicated()
         return pb.CheckpointSynchronizeResponse()
 
     @seed_call
     def CheckpointSynchronizeAsync(
         self, request: pb.CheckpointSynchronizeAsyncRequest
     ) -> pb.CheckpointSynchronizeAsyncResponse:
-        self.manager.synchronize_async(request.checkpoint_handle, request.invocation)
+        self.manager.synchronize(request.checkpoint_handle)
+        task = asyncio.get_running_loop().create_task(
+            self._report_synchronized(request.checkpoint_handle, request.invocation)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return pb.CheckpointSynchronizeAsyncResponse()
+
+    async def _report_synchronized(self, handle: int, invocation: int) -> None:
+        await self.durability.replicated()
+        self.manager.synchronized(handle, invocation)
 
     @seed_call
     def ImmediateConsumptionRegister(

@@ -23,7 +23,10 @@ Key = tuple[object, ...]
 
 
 class ChangeLog(Protocol):
-    def mark(self, key: Key) -> None: ...
+    def mark(self, key: Key, *, synchronous: bool = False) -> None:
+        """``synchronous``: the change belongs to a WR_ALL_REPLICAS checkpoint,
+        so every replica must hold it before the call is acknowledged."""
+        ...
 
     def after_durable(self, action: Callable[[], None]) -> None:
         """Run ``action`` once every change marked so far is stored, and after
@@ -35,7 +38,7 @@ class ChangeLog(Protocol):
 class NoChangeLog:
     """For a node that keeps nothing on disk."""
 
-    def mark(self, key: Key) -> None:
+    def mark(self, key: Key, *, synchronous: bool = False) -> None:
         pass
 
     def after_durable(self, action: Callable[[], None]) -> None:

@@ -73,6 +73,7 @@ class Checkpoint:
         self.changelog = changelog or NoChangeLog()
         self.attributes = attributes
         self.retention_duration = attributes.retention_duration
+        self.synchronous = attributes.synchronous
         self.clock = clock
         self.on_change = on_change
         self.sections: dict[bytes, Section] = {}
@@ -101,13 +102,15 @@ class Checkpoint:
     def _notify(self, changes: list[tuple[bytes, Change]]) -> None:
         if not self.unlinked:  # an unlinked instance is gone after a restart anyway
             for section_id, _ in changes:
-                self.changelog.mark(("section", self.name, section_id))
+                self.changelog.mark(
+                    ("section", self.name, section_id), synchronous=self.synchronous
+                )
         if self.on_change is not None:
             self.on_change(self, changes)
 
     def _persist_meta(self) -> None:
         if not self.unlinked:
-            self.changelog.mark(("checkpoint-meta", self.name))
+            self.changelog.mark(("checkpoint-meta", self.name), synchronous=self.synchronous)
 
     # -- sections --------------------------------------------------------
 
@@ -234,7 +237,7 @@ class Checkpoint:
         section.expiration_time = expiration
         self._arm_expiry(section)
         if not self.unlinked:
-            self.changelog.mark(("section", self.name, section_id))
+            self.changelog.mark(("section", self.name, section_id), synchronous=self.synchronous)
 
     def _arm_expiry(self, section: Section) -> None:
         if section.expiration_time is None:

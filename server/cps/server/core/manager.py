@@ -299,7 +299,7 @@ class ReplicaManager:
         self.checkpoints[name] = checkpoint
         self._openers[checkpoint] = set()
         self.reserved_bytes += attributes.checkpoint_size
-        self.changelog.mark(("checkpoint", name))
+        self.changelog.mark(("checkpoint", name), synchronous=attributes.synchronous)
         return checkpoint
 
     def restore(
@@ -321,15 +321,16 @@ class ReplicaManager:
         self.reserved_bytes += attributes.checkpoint_size
         return checkpoint
 
-    def start_retention_of_restored(self) -> None:
+    def start_retention_of_restored(self, minimum: float = 0.0) -> None:
+        """``minimum``: after a failover, give clients time to reopen."""
         for checkpoint in list(self.checkpoints.values()):
             if not self._openers[checkpoint]:
-                self._start_retention(checkpoint)
+                self._start_retention(checkpoint, minimum)
 
     def _free(self, checkpoint: Checkpoint) -> None:
         if self.checkpoints.get(checkpoint.name) is checkpoint:
             del self.checkpoints[checkpoint.name]
-            self.changelog.mark(("checkpoint", checkpoint.name))
+            self.changelog.mark(("checkpoint", checkpoint.name), synchronous=checkpoint.synchronous)
         timer = self._retention_timers.pop(checkpoint, None)
         if timer is not None:
             timer.cancel()
@@ -361,10 +362,11 @@ class ReplicaManager:
         else:
             self._start_retention(checkpoint)
 
-    def _start_retention(self, checkpoint: Checkpoint) -> None:
+    def _start_retention(self, checkpoint: Checkpoint, minimum: float = 0.0) -> None:
         duration = checkpoint.retention_duration
         if duration is None:
             return
+        duration = max(duration, minimum)
         if duration <= 0:
             self._free(checkpoint)
             return
@@ -384,7 +386,7 @@ class ReplicaManager:
             raise CkptError(ErrorCode.NOT_EXIST, f"checkpoint {name!r} does not exist")
         del self.checkpoints[name]
         checkpoint.unlinked = True
-        self.changelog.mark(("checkpoint", name))
+        self.changelog.mark(("checkpoint", name), synchronous=checkpoint.synchronous)
         if not self._openers[checkpoint]:
             self._free(checkpoint)
 
@@ -397,7 +399,9 @@ class ReplicaManager:
         if duration is not None and duration < 0:
             raise CkptError(ErrorCode.INVALID_PARAM, "retention duration must not be negative")
         checkpoint.retention_duration = duration
-        self.changelog.mark(("checkpoint-meta", checkpoint.name))
+        self.changelog.mark(
+            ("checkpoint-meta", checkpoint.name), synchronous=checkpoint.synchronous
+        )
 
     def active_replica_set(self, handle_id: int) -> None:
         handle = self.handle(handle_id)
@@ -415,7 +419,9 @@ class ReplicaManager:
         handle.require(OpenFlag.WRITE, "ActiveReplicaSet")
         if not checkpoint.has_active_replica:
             checkpoint.has_active_replica = True
-            self.changelog.mark(("checkpoint-meta", checkpoint.name))
+            self.changelog.mark(
+                ("checkpoint-meta", checkpoint.name), synchronous=checkpoint.synchronous
+            )
 
     def status_get(self, handle_id: int) -> CheckpointDescriptor:
         checkpoint = self.handle(handle_id).checkpoint
@@ -536,8 +542,13 @@ class ReplicaManager:
 
     def synchronize_async(self, handle_id: int, invocation: int) -> None:
         self.synchronize(handle_id)
-        session = self.handle(handle_id).session
-        self._deliver([(session, SynchronizeCompleted(invocation, handle_id, None))])
+        self.synchronized(handle_id, invocation)
+
+    def synchronized(self, handle_id: int, invocation: int) -> None:
+        """Report a SynchronizeAsync as done (once the replicas caught up)."""
+        handle = self.handles.get(handle_id)
+        if handle is not None:  # closed meanwhile: its callbacks are cancelled
+            self._deliver([(handle.session, SynchronizeCompleted(invocation, handle_id, None))])
 
     def immediate_consumption_register(self, handle_id: int) -> None:
         self.handle(handle_id).notify = True

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from cps.server.core.changelog import Key
+from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.library import LibraryManager
 from cps.server.core.manager import ReplicaManager
 
 from .mapping import statements_for
+from .replication import Followers
 from .sqlite_store import SqliteStore, Statement
 
 log = logging.getLogger("cps.storage")
@@ -50,15 +52,32 @@ class Journal:
         self._flushing = False
         # The connection is used from this one thread only.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cps-sqlite")
-        self.batches = 0
+        self.batches = 0  # committed; also the sequence of the last batch
+        self.followers: Followers | None = None  # standbys, when any may follow
+        self._synchronous = False  # a change of a WR_ALL_REPLICAS checkpoint is dirty
+        self.standby_of: str | None = None  # the primary, while this node is a standby
 
-    def mark(self, key: Key) -> None:
+    def mark(self, key: Key, *, synchronous: bool = False) -> None:
         self._dirty[key] = None
+        self._synchronous |= synchronous
         if not self._flushing:
             # Commit even when no caller waits (timers expire sections and
             # checkpoints too); the task runs once the current call is done.
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
+
+    @property
+    def standby(self) -> bool:
+        return self.standby_of is not None
+
+    def check_serving(self) -> None:
+        """A standby serves no client: its store belongs to its primary."""
+        if self.standby_of is not None:
+            raise CkptError(
+                ErrorCode.TRY_AGAIN,
+                f"this node is a standby of {self.standby_of}: call the primary",
+                metadata={"primary": self.standby_of},
+            )
 
     def after_durable(self, action: Callable[[], None]) -> None:
         if self._dirty or self._flushing:
@@ -82,6 +101,7 @@ class Journal:
                 keys, self._dirty = list(self._dirty), {}
                 waiters, self._waiters = self._waiters, []
                 after, self._after = self._after, []
+                synchronous, self._synchronous = self._synchronous, False
                 try:
                     statements = self._statements(keys)
                     await loop.run_in_executor(self._executor, self.store.apply, statements)
@@ -96,9 +116,14 @@ class Journal:
                     # them with its commit.
                     self._dirty = dict.fromkeys(keys) | self._dirty
                     self._after = after + self._after
+                    self._synchronous |= synchronous
                     loop.call_later(RETRY_SECONDS, self._retry)
                     break
                 self.batches += 1
+                if self.followers is not None:
+                    self.followers.publish(self.batches, statements)
+                    if synchronous:  # every live replica holds it before the answer
+                        await self.followers.wait_acknowledged(self.batches)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
@@ -110,6 +135,31 @@ class Journal:
                 _run(after)
         finally:
             self._flushing = False
+
+    async def apply_from_primary(self, statements: list[Statement]) -> None:
+        """A standby applies a batch of its primary, on the store's thread."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.store.apply, statements)
+
+    async def replicated(self) -> None:
+        """Until every follower holds every batch committed so far
+        (CheckpointSynchronize of an asynchronous checkpoint)."""
+        if self.followers is not None:
+            await self.followers.wait_acknowledged(self.batches)
+
+    def snapshot(self) -> list[Statement]:
+        """The whole store as statements, from the state in memory."""
+        assert self.library is not None
+        statements: list[Statement] = [
+            (f"DELETE FROM {table}", ())
+            for table in ("section", "checkpoint", "element", "dataset", "library_checkpoint")
+        ]
+        names = [] if self.replicas is None else list(self.replicas.checkpoints)
+        for name in names:
+            statements += statements_for(("checkpoint", name), self.replicas, self.library)
+        for name in self.library.checkpoints:
+            statements += statements_for(("library", name), self.replicas, self.library)
+        return statements
 
     def _retry(self) -> None:
         if self._dirty and not self._flushing:

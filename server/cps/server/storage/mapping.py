@@ -182,9 +182,12 @@ def restore_library(store: SqliteStore, library: LibraryManager) -> None:
         checkpoints[name].datasets[dataset_id].elements[element_id] = data
 
 
-def restore_checkpoints(store: SqliteStore, replicas: ReplicaManager) -> int:
-    """Load the stored server checkpoints; their retention timers start, as
-    nobody has them open. Returns how many were loaded."""
+def restore_checkpoints(
+    store: SqliteStore, replicas: ReplicaManager, minimum_retention: float = 0.0
+) -> int:
+    """Load the stored server checkpoints; their retention timers start (for
+    at least ``minimum_retention``), as nobody has them open. Returns how many
+    were loaded."""
     restored: dict[str, Checkpoint] = {}
     for row in store.load("checkpoint"):
         name, flags, size, id_size, sections, section_size, retention, active, generated = row
@@ -201,7 +204,7 @@ def restore_checkpoints(store: SqliteStore, replicas: ReplicaManager) -> int:
         restored[name].restore_section(
             section_id, data, expiration, SectionState(state), last_update
         )
-    replicas.start_retention_of_restored()
+    replicas.start_retention_of_restored(minimum_retention)
     return len(restored)
 
 
