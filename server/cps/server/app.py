@@ -211,6 +211,14 @@ def _register_gauges(metrics: Metrics, node: Node) -> None:
     metrics.gauge(
         "cps_storage_commits", "Transactions committed to the store.", lambda: node.journal.batches
     )
+    metrics.gauge(
+        "cps_followers", "Standbys following this node.", lambda: len(node.followers.members)
+    )
+    metrics.gauge(
+        "cps_standby",
+        "1 while this node is a standby, 0 when it serves clients.",
+        lambda: int(node.journal.standby),
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -117,7 +117,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         "--failover-seconds",
         type=float,
         default=3.0,
-        help="a standby takes over when its primary is unreachable this long",
+        help="a standby takes over when its primary is unreachable this long (0: never, "
+        "a backup copy only)",
     )
     parser.add_argument(
         "--replica-timeout-seconds",

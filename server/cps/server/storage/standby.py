@@ -68,7 +68,8 @@ class Standby:
                 )
             if self._down_since is None:
                 self._down_since = time.monotonic()
-            if self.synced and time.monotonic() - self._down_since >= self.failover_seconds:
+            takes_over = self.failover_seconds > 0 and self.synced
+            if takes_over and time.monotonic() - self._down_since >= self.failover_seconds:
                 log.warning(
                     "promoted: the primary is gone",
                     extra={"primary": self.primary, "applied": self.applied},
