@@ -67,6 +67,18 @@ def write_sid(worker: int, element: int) -> types.SectionId:
     return _sid("wr", worker, element)
 
 
+def bench_attributes(max_sections: int) -> types.CheckpointCreationAttributes:
+    """An asynchronous checkpoint of ``max_sections`` 1 KiB sections, kept forever."""
+    return types.CheckpointCreationAttributes(
+        creation_flags=[types.CREATION_FLAG_WR_ACTIVE_REPLICA],
+        checkpoint_size=max_sections * PAYLOAD_SIZE,
+        max_section_id_size=SECTION_ID_MAX,
+        max_sections=max_sections,
+        max_section_size=PAYLOAD_SIZE,
+        retention_duration=types.RetentionDuration(forever=True),
+    )
+
+
 def all_section_ids(max_inflight: int) -> list[types.SectionId]:
     ids: list[types.SectionId] = []
     for worker in range(max_inflight):
@@ -247,14 +259,7 @@ class CpsSuite(Suite):
         service_handle = await initialize(channel)
         sections = all_section_ids(max_inflight)
         max_sections = len(sections) + 1
-        attributes = types.CheckpointCreationAttributes(
-            creation_flags=[types.CREATION_FLAG_WR_ACTIVE_REPLICA],
-            checkpoint_size=max_sections * PAYLOAD_SIZE,
-            max_section_id_size=SECTION_ID_MAX,
-            max_sections=max_sections,
-            max_section_size=PAYLOAD_SIZE,
-            retention_duration=types.RetentionDuration(forever=True),
-        )
+        attributes = bench_attributes(max_sections)
         request = pb.CheckpointOpenRequest(
             service_handle=service_handle,
             checkpoint_name=self.checkpoint_name,

@@ -27,7 +27,7 @@ from typing import Any
 from grpc import aio
 
 from bench import cpu
-from bench.cps_scenarios import SECTION_ID_MAX, SERVICE, bounded, cps_call, initialize
+from bench.cps_scenarios import SERVICE, bench_attributes, bounded, cps_call, initialize
 from bench.load import (
     CALL_TIMEOUT_S,
     close_channels,
@@ -36,7 +36,7 @@ from bench.load import (
     percentile,
     raw_unary,
 )
-from bench.scenarios import PAYLOAD, PAYLOAD_SIZE
+from bench.scenarios import PAYLOAD
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import types_pb2 as types
 
@@ -116,14 +116,7 @@ class NotifyFixture:
     async def prepare(self, channel: aio.Channel) -> None:
         service_handle = await initialize(channel)
         max_sections = self.writes + 1
-        attributes = types.CheckpointCreationAttributes(
-            creation_flags=[types.CREATION_FLAG_WR_ACTIVE_REPLICA],
-            checkpoint_size=max_sections * PAYLOAD_SIZE,
-            max_section_id_size=SECTION_ID_MAX,
-            max_sections=max_sections,
-            max_section_size=PAYLOAD_SIZE,
-            retention_duration=types.RetentionDuration(forever=True),
-        )
+        attributes = bench_attributes(max_sections)
         request = pb.CheckpointOpenRequest(
             service_handle=service_handle,
             checkpoint_name=self.checkpoint_name,
