@@ -16,6 +16,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from cps.client import CreationAttributes, CreationFlags, Library, Session
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import types_pb2 as t
 from tests.processes import ServerProcess
@@ -187,3 +188,22 @@ def test_a_dead_standby_does_not_block_synchronous_writes(pair: Pair) -> None:
         client.create_section(handle, b"t", b"and again")
         assert time.monotonic() - started < 10
         assert client.read(handle, b"t") == b"and again"
+
+
+def test_python_clients_given_both_nodes_reach_whichever_serves(pair: Pair) -> None:
+    standby = pair.start_standby()
+    both = f"{standby.address},{pair.primary.address}"  # the standby listed first
+    with Session.connect(both) as session, Library.connect(both) as library:
+        with session.open(
+            "follow-me",
+            CreationAttributes(max_sections=2, creation_flags=CreationFlags.WR_ALL_REPLICAS),
+        ) as checkpoint:
+            checkpoint.section_create(b"s", b"written on the primary")
+        library.checkpoint_create("follow-me-too")
+    pair.kill_primary()
+    wait_for(lambda: health(standby.address) == SERVING, "the standby to take over")
+    after = f"{pair.primary.address},{standby.address}"  # the dead one listed first
+    with Session.connect(after) as session, session.open("follow-me") as checkpoint:
+        assert checkpoint.read(b"s") == b"written on the primary"
+    with Library.connect(after) as library:
+        wait_for(lambda: library.checkpoint_exists("follow-me-too"), "asynchronous library data")

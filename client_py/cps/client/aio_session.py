@@ -29,9 +29,17 @@ from ._router import Dropped, Notified, Opened, Router, Synchronized
 from ._rpc import invoke_async
 from .aio_checkpoint import AsyncCheckpoint
 from .callbacks import AsyncCallbacks
-from .errors import BadHandleError, NotInitializedError
+from .errors import BadHandleError, NotInitializedError, TryAgainError
 from .session import DEFAULT_CHANNEL_OPTIONS
-from .values import CLIENT_VERSION, CreationAttributes, DispatchFlags, Duration, OpenFlags, Version
+from .values import (
+    CLIENT_VERSION,
+    CreationAttributes,
+    DispatchFlags,
+    Duration,
+    OpenFlags,
+    Version,
+    split_targets,
+)
 
 log = logging.getLogger("cps.client")
 
@@ -94,15 +102,22 @@ class AsyncSession:
         merged = dict(DEFAULT_CHANNEL_OPTIONS)
         merged.update(options)
         channel_options = list(merged.items())
-        if credentials is None:
-            channel = grpc.aio.insecure_channel(target, options=channel_options)
-        else:
-            channel = grpc.aio.secure_channel(target, credentials, options=channel_options)
-        try:
-            return await cls._start(cls(channel, callbacks, timeout, True), version)
-        except BaseException:
-            await channel.close()
-            raise
+        last_error: TryAgainError | None = None
+        for one in split_targets(target):
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(one, options=channel_options)
+            else:
+                channel = grpc.aio.secure_channel(one, credentials, options=channel_options)
+            try:
+                return await cls._start(cls(channel, callbacks, timeout, True), version)
+            except TryAgainError as error:  # down, or a standby: the next one
+                await channel.close()
+                last_error = error
+            except BaseException:
+                await channel.close()
+                raise
+        assert last_error is not None
+        raise last_error
 
     @staticmethod
     async def _start(session: AsyncSession, version: Version) -> AsyncSession:

@@ -23,8 +23,16 @@ from ._rpc import invoke
 from ._stream import CallbackStream
 from .callbacks import Callbacks
 from .checkpoint import Checkpoint
-from .errors import BadHandleError, NotInitializedError
-from .values import CLIENT_VERSION, CreationAttributes, DispatchFlags, Duration, OpenFlags, Version
+from .errors import BadHandleError, NotInitializedError, TryAgainError
+from .values import (
+    CLIENT_VERSION,
+    CreationAttributes,
+    DispatchFlags,
+    Duration,
+    OpenFlags,
+    Version,
+    split_targets,
+)
 
 log = logging.getLogger("cps.client")
 
@@ -96,20 +104,29 @@ class Session:
     ) -> Session:
         """clCkptInitialize on the node at ``target`` ("host:port"): a
         channel of its own (TLS with ``credentials``), closed at finalize.
+        ``target`` may list nodes, "a:50051,b:50051": the first that serves
+        is used (a standby or an unreachable node is skipped).
         Raises VersionMismatchError (with ``.supported``) if the node does
         not support ``version``."""
         merged = dict(DEFAULT_CHANNEL_OPTIONS)
         merged.update(options)
         channel_options = list(merged.items())
-        if credentials is None:
-            channel = grpc.insecure_channel(target, options=channel_options)
-        else:
-            channel = grpc.secure_channel(target, credentials, options=channel_options)
-        try:
-            return cls(channel, callbacks, version=version, timeout=timeout, _owns_channel=True)
-        except BaseException:
-            channel.close()
-            raise
+        last_error: TryAgainError | None = None
+        for one in split_targets(target):
+            if credentials is None:
+                channel = grpc.insecure_channel(one, options=channel_options)
+            else:
+                channel = grpc.secure_channel(one, credentials, options=channel_options)
+            try:
+                return cls(channel, callbacks, version=version, timeout=timeout, _owns_channel=True)
+            except TryAgainError as error:  # down, or a standby: the next one
+                channel.close()
+                last_error = error
+            except BaseException:
+                channel.close()
+                raise
+        assert last_error is not None
+        raise last_error
 
     def __repr__(self) -> str:
         state = "finalized" if self._finalized else "open"

@@ -260,3 +260,11 @@ __all__ = [
     "WriteElement",
     "WriteLike",
 ]
+
+
+def split_targets(target: str) -> list[str]:
+    """ "a:50051,b:50051" -> ["a:50051", "b:50051"]: the nodes to try, in order."""
+    targets = [one.strip() for one in target.split(",") if one.strip()]
+    if not targets:
+        raise ValueError(f"no node address in {target!r}")
+    return targets
