@@ -295,11 +295,15 @@ class ReplicaManager:
                 f"the node cannot reserve {attributes.checkpoint_size} more bytes "
                 f"({self.reserved_bytes} of {self.limits.max_reserved_bytes} reserved)",
             )
+        checkpoint = self._register(name, attributes)
+        self.changelog.mark(("checkpoint", name), synchronous=attributes.synchronous)
+        return checkpoint
+
+    def _register(self, name: str, attributes: CreationAttributes) -> Checkpoint:
         checkpoint = Checkpoint(name, attributes, self.clock, self._on_change, self.changelog)
         self.checkpoints[name] = checkpoint
         self._openers[checkpoint] = set()
         self.reserved_bytes += attributes.checkpoint_size
-        self.changelog.mark(("checkpoint", name), synchronous=attributes.synchronous)
         return checkpoint
 
     def restore(
@@ -312,13 +316,10 @@ class ReplicaManager:
         """Put back a checkpoint read from storage at start-up. Nobody has it
         open, as after the last close, so its retention timer starts (call
         after its sections are restored: see start_retention_of_restored)."""
-        checkpoint = Checkpoint(name, attributes, self.clock, self._on_change, self.changelog)
+        checkpoint = self._register(name, attributes)
         checkpoint.sections.clear()  # the stored sections include the default one
         checkpoint.has_active_replica = has_active_replica
         checkpoint.generated_ids = generated_ids
-        self.checkpoints[name] = checkpoint
-        self._openers[checkpoint] = set()
-        self.reserved_bytes += attributes.checkpoint_size
         return checkpoint
 
     def start_retention_of_restored(self, minimum: float = 0.0) -> None:
