@@ -5,16 +5,18 @@ BIN := $(VENV)/bin
 PROTO_DIR := protos
 PY_OUT := client_py
 LISTEN ?= 127.0.0.1:50051
+STAMP := $(VENV)/.installed
 
 .PHONY: toolchains install proto proto-check lint test run bench bench-quick bench-proto clean stubs breaking
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+# Editable install with the dev tools, redone when pyproject.toml changes.
+install: $(STAMP)
 
-# Editable install with the dev tools.
-install: $(BIN)/python
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
 
 # Regenerate the Python stubs and their typed .pyi from protos/.
 proto: $(STAMP)
@@ -45,7 +47,7 @@ breaking: $(STAMP)
 
 # C++, Go and Node.js client stubs from protos/ only, into build/stubs/
 # (toolchains: scripts/install-toolchains.sh; docs/clients/).
-stubs:
+stubs: toolchains
 	$(MAKE) -C clients/cpp stubs
 	$(MAKE) -C clients/go stubs
 	test -d clients/node/node_modules || (cd clients/node && npm ci --no-audit --no-fund)
@@ -72,7 +74,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run --out bench/RESULTS.md
 
 # A short run (1 s per scenario, in-flight 1 and 16), printed only.
-bench-quick:
+bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
 
 # Regenerate the committed etcd KV stubs (message classes and typed .pyi) used
