@@ -1,8 +1,11 @@
-"""The CPS scenarios: open, overwrite, read and write32.
+"""The CPS scenarios: open, overwrite, read and write32; overwrite and
+overwrite-sync for a primary with a standby.
 
-All share one checkpoint, created by CpsSuite.prepare with 1 KiB sections for
-every worker. Each run opens one session (Initialize + CheckpointOpen with
-READ|WRITE) per channel; the workers of a channel share its checkpoint handle.
+CpsSuite's scenarios share one checkpoint, created by CpsSuite.prepare with
+1 KiB sections for every worker; ReplicationSuite creates two, one
+asynchronous and one synchronous. Each run opens one session (Initialize +
+CheckpointOpen with READ|WRITE) per channel; the workers of a channel share
+its checkpoint handle.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ WRITE32_ELEMENTS = 32
 SECTION_ID_MAX = 32
 # Concurrent calls while creating fixtures and closing handles.
 SETUP_CONCURRENCY = 32
+# The update modes: a write is answered after the primary's commit, or once
+# every live standby acknowledged it too.
+ASYNCHRONOUS = types.CREATION_FLAG_WR_ACTIVE_REPLICA
+SYNCHRONOUS = types.CREATION_FLAG_WR_ALL_REPLICAS
 
 M = TypeVar("M", bound=Message)
 
@@ -67,10 +74,13 @@ def write_sid(worker: int, element: int) -> types.SectionId:
     return _sid("wr", worker, element)
 
 
-def bench_attributes(max_sections: int) -> types.CheckpointCreationAttributes:
-    """An asynchronous checkpoint of ``max_sections`` 1 KiB sections, kept forever."""
+def bench_attributes(
+    max_sections: int, update_mode: types.CreationFlag.ValueType = ASYNCHRONOUS
+) -> types.CheckpointCreationAttributes:
+    """A checkpoint of ``max_sections`` 1 KiB sections, kept forever; asynchronous
+    unless another update mode is given."""
     return types.CheckpointCreationAttributes(
-        creation_flags=[types.CREATION_FLAG_WR_ACTIVE_REPLICA],
+        creation_flags=[update_mode],
         checkpoint_size=max_sections * PAYLOAD_SIZE,
         max_section_id_size=SECTION_ID_MAX,
         max_sections=max_sections,
@@ -241,6 +251,74 @@ class CpsWrite32(CpsScenario):
         return self.fixed_call(worker, "CheckpointWrite", request)
 
 
+async def create_checkpoint(
+    channel: aio.Channel,
+    service_handle: int,
+    name: str,
+    attributes: types.CheckpointCreationAttributes,
+    sections: Sequence[types.SectionId],
+) -> int:
+    """Create a checkpoint and its 1 KiB sections; return the handle that created it."""
+    request = pb.CheckpointOpenRequest(
+        service_handle=service_handle,
+        checkpoint_name=name,
+        checkpoint_creation_attributes=attributes,
+        checkpoint_open_flags=[
+            types.OPEN_FLAG_READ,
+            types.OPEN_FLAG_WRITE,
+            types.OPEN_FLAG_CREATE,
+        ],
+    )
+    opened = await cps_call(channel, "CheckpointOpen", request, pb.CheckpointOpenResponse)
+    handle = opened.checkpoint_handle
+    create = raw_unary(channel, SERVICE + "SectionCreate")
+    await bounded(
+        [
+            functools.partial(
+                create,
+                pb.SectionCreateRequest(
+                    checkpoint_handle=handle,
+                    section_creation_attributes=types.SectionCreationAttributes(
+                        section_id=section_id
+                    ),
+                    initial_data=PAYLOAD,
+                ).SerializeToString(),
+            )
+            for section_id in sections
+        ]
+    )
+    return handle
+
+
+async def check_read(channel: aio.Channel, handle: int, section_id: types.SectionId) -> None:
+    """Read a section back: it must hold the payload."""
+    element = types.IOVectorElement(section_id=section_id, data_size=PAYLOAD_SIZE)
+    request = pb.CheckpointReadRequest(checkpoint_handle=handle, io_vector=[element])
+    response = await cps_call(channel, "CheckpointRead", request, pb.CheckpointReadResponse)
+    if len(response.io_vector) != 1 or response.io_vector[0].data_buffer != PAYLOAD:
+        raise RuntimeError(f"CheckpointRead returned {response!r:.200}, not the data written")
+
+
+async def delete_checkpoints(
+    channel: aio.Channel, service_handle: int, handles: dict[str, int]
+) -> None:
+    """Close the handles, delete their checkpoints (name -> handle), finalize."""
+    await close_handles(channel, list(handles.values()))
+    for name in handles:
+        await cps_call(
+            channel,
+            "CheckpointDelete",
+            pb.CheckpointDeleteRequest(service_handle=service_handle, checkpoint_name=name),
+            pb.CheckpointDeleteResponse,
+        )
+    await cps_call(
+        channel,
+        "Finalize",
+        pb.FinalizeRequest(service_handle=service_handle),
+        pb.FinalizeResponse,
+    )
+
+
 class CpsSuite(Suite):
     def __init__(self, only: Collection[str] | None = None) -> None:
         """All the CPS scenarios, or those named in `only`."""
@@ -258,63 +336,66 @@ class CpsSuite(Suite):
         """Create the checkpoint and every worker's 1 KiB sections, then check a read."""
         service_handle = await initialize(channel)
         sections = all_section_ids(max_inflight)
-        max_sections = len(sections) + 1
-        attributes = bench_attributes(max_sections)
-        request = pb.CheckpointOpenRequest(
-            service_handle=service_handle,
-            checkpoint_name=self.checkpoint_name,
-            checkpoint_creation_attributes=attributes,
-            checkpoint_open_flags=[
-                types.OPEN_FLAG_READ,
-                types.OPEN_FLAG_WRITE,
-                types.OPEN_FLAG_CREATE,
-            ],
+        attributes = bench_attributes(len(sections) + 1)
+        handle = await create_checkpoint(
+            channel, service_handle, self.checkpoint_name, attributes, sections
         )
-        opened = await cps_call(channel, "CheckpointOpen", request, pb.CheckpointOpenResponse)
-        handle = opened.checkpoint_handle
         self._session = _Session(service_handle, handle)
-
-        create = raw_unary(channel, SERVICE + "SectionCreate")
-        await bounded(
-            [
-                functools.partial(
-                    create,
-                    pb.SectionCreateRequest(
-                        checkpoint_handle=handle,
-                        section_creation_attributes=types.SectionCreationAttributes(
-                            section_id=section_id
-                        ),
-                        initial_data=PAYLOAD,
-                    ).SerializeToString(),
-                )
-                for section_id in sections
-            ]
-        )
-        await self._check_read(channel, handle)
-
-    async def _check_read(self, channel: aio.Channel, handle: int) -> None:
-        element = types.IOVectorElement(section_id=read_sid(0), data_size=PAYLOAD_SIZE)
-        request = pb.CheckpointReadRequest(checkpoint_handle=handle, io_vector=[element])
-        response = await cps_call(channel, "CheckpointRead", request, pb.CheckpointReadResponse)
-        if len(response.io_vector) != 1 or response.io_vector[0].data_buffer != PAYLOAD:
-            raise RuntimeError(f"CheckpointRead returned {response!r:.200}, not the data written")
+        await check_read(channel, handle, read_sid(0))
 
     async def finish(self, channel: aio.Channel) -> None:
         session, self._session = self._session, None
         if session is None:
             return
-        await close_handles(channel, [session.checkpoint_handle])
-        await cps_call(
-            channel,
-            "CheckpointDelete",
-            pb.CheckpointDeleteRequest(
-                service_handle=session.service_handle, checkpoint_name=self.checkpoint_name
-            ),
-            pb.CheckpointDeleteResponse,
+        await delete_checkpoints(
+            channel, session.service_handle, {self.checkpoint_name: session.checkpoint_handle}
         )
-        await cps_call(
-            channel,
-            "Finalize",
-            pb.FinalizeRequest(service_handle=session.service_handle),
-            pb.FinalizeResponse,
-        )
+
+
+class CpsOverwriteAsync(CpsOverwrite):
+    description = (
+        "SectionOverwrite of a per-worker section with 1 KiB, on an asynchronous "
+        "(WR_ACTIVE_REPLICA) checkpoint: answered after the primary's commit, the standby "
+        "follows"
+    )
+
+
+class CpsOverwriteSync(CpsOverwrite):
+    name = "overwrite-sync"
+    description = (
+        "SectionOverwrite of a per-worker section with 1 KiB, on a synchronous "
+        "(WR_ALL_REPLICAS) checkpoint: answered once the standby acknowledged the batch too"
+    )
+
+
+class ReplicationSuite(Suite):
+    """overwrite on an asynchronous checkpoint, overwrite-sync on a synchronous one.
+
+    Each checkpoint holds one overwrite section per worker only: the setup of
+    the synchronous one waits for the standby at every commit.
+    """
+
+    def __init__(self) -> None:
+        base = f"cps-bench-{os.getpid()}"
+        self.modes = {f"{base}-async": ASYNCHRONOUS, f"{base}-sync": SYNCHRONOUS}
+        async_name, sync_name = self.modes
+        self.scenarios = [CpsOverwriteAsync(async_name), CpsOverwriteSync(sync_name)]
+        self._service_handle: int | None = None
+        self._handles: dict[str, int] = {}
+
+    async def prepare(self, channel: aio.Channel, max_inflight: int) -> None:
+        """Create both checkpoints with every worker's 1 KiB section, then check reads."""
+        self._service_handle = await initialize(channel)
+        sections = [overwrite_sid(worker) for worker in range(max_inflight)]
+        for name, mode in self.modes.items():
+            attributes = bench_attributes(len(sections) + 1, mode)
+            self._handles[name] = await create_checkpoint(
+                channel, self._service_handle, name, attributes, sections
+            )
+            await check_read(channel, self._handles[name], overwrite_sid(0))
+
+    async def finish(self, channel: aio.Channel) -> None:
+        service_handle, self._service_handle = self._service_handle, None
+        handles, self._handles = self._handles, {}
+        if service_handle is not None:
+            await delete_checkpoints(channel, service_handle, handles)

@@ -112,20 +112,23 @@ def machine() -> MachineCpu:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """CPU counters at one instant: this process, the server's tree, the machine."""
+    """CPU counters at one instant: this process, the server's tree, the standby's
+    tree (a replication target's second server), the machine."""
 
     client_s: float
     server_s: float | None
     machine: MachineCpu
     processes: dict[int, tuple[str, float]]
+    standby_s: float | None = None
 
     @staticmethod
-    def take(server_pid: int | None) -> Snapshot:
+    def take(server_pid: int | None, standby_pid: int | None = None) -> Snapshot:
         return Snapshot(
             client_s=time.process_time(),
             server_s=tree_seconds(server_pid) if server_pid is not None else None,
             machine=machine(),
             processes=all_processes(),
+            standby_s=tree_seconds(standby_pid) if standby_pid is not None else None,
         )
 
 
@@ -140,18 +143,32 @@ class Usage:
     steal: float
     # The other process that used the most, as "name[pid] cores", if notable.
     top_other: str | None
+    # The standby server's tree, for a target with one (not counted in `other`).
+    standby: float | None = None
 
 
-def usage(before: Snapshot, after: Snapshot, seconds: float, server_pid: int | None) -> Usage:
+def _delta(before: float | None, after: float | None, seconds: float) -> float | None:
+    return None if before is None or after is None else (after - before) / seconds
+
+
+def usage(
+    before: Snapshot,
+    after: Snapshot,
+    seconds: float,
+    server_pid: int | None,
+    standby_pid: int | None = None,
+) -> Usage:
     client = (after.client_s - before.client_s) / seconds
-    server = None
-    if before.server_s is not None and after.server_s is not None:
-        server = (after.server_s - before.server_s) / seconds
+    server = _delta(before.server_s, after.server_s, seconds)
+    standby = _delta(before.standby_s, after.standby_s, seconds)
     used = after.machine - before.machine
-    other = used.busy_s / seconds - client - (server or 0.0)
-    ours = {os.getpid(), *(tree(server_pid) if server_pid is not None else [])}
+    other = used.busy_s / seconds - client - (server or 0.0) - (standby or 0.0)
+    ours = {os.getpid()}
+    for pid in (server_pid, standby_pid):
+        if pid is not None:
+            ours.update(tree(pid))
     top = top_consumer(before.processes, after.processes, ours)
     top_other = None
     if top is not None and top[1] / seconds >= 0.05:
         top_other = f"{top[0]} {top[1] / seconds:.2f}"
-    return Usage(client, server, max(0.0, other), used.steal_s / seconds, top_other)
+    return Usage(client, server, max(0.0, other), used.steal_s / seconds, top_other, standby)

@@ -1,5 +1,5 @@
-"""The results as Markdown: machine, method, targets, persistence, notifications,
-library, then one table per target."""
+"""The results as Markdown: machine, method, targets, persistence, replication,
+notifications, library, then one table per target."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ CPS = "cps"
 CPS_DISK = "cps-disk"
 CPS_DISK_NORMAL = "cps-disk-normal"
 CPS_TARGETS = (CPS_MEM, CPS, CPS_DISK, CPS_DISK_NORMAL)
+# A primary (as `cps`) with one standby following it.
+CPS_PAIR = "cps-pair"
 # Stands for each CPS configuration in a ratio.
 ANY_CPS = "{cps}"
 
@@ -319,6 +321,106 @@ def disk_lines(targets: dict[str, TargetResult], fsync_note: str | None) -> list
     return lines + _listing(targets, ["overwrite", "lib-write"], CPS_TARGETS)
 
 
+# The rows of the replication table: (target, scenario, label), the first the baseline.
+REPLICATION_ROWS = (
+    (CPS, "overwrite", f"`{CPS}` (one node)"),
+    (CPS_PAIR, "overwrite", f"`{CPS_PAIR}` async (WR_ACTIVE_REPLICA)"),
+    (CPS_PAIR, "overwrite-sync", f"`{CPS_PAIR}` sync (WR_ALL_REPLICAS)"),
+)
+
+
+def _standby_us_per_op(result: LoadResult) -> float | None:
+    """The standby's CPU time per op: in the window, plus its catch-up after it."""
+    if result.cpu.standby is None or not result.ops:
+        return None
+    used = result.cpu.standby * result.seconds + (result.standby_catch_up_cpu_s or 0.0)
+    return used / result.ops * 1e6
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _times(value: float, base: float) -> str:
+    return f"{value / base:.2f}" if base else "-"
+
+
+def replication_lines(
+    targets: dict[str, TargetResult], levels: Sequence[int], cores: int | None = None
+) -> list[str]:
+    pair = targets.get(CPS_PAIR)
+    if pair is None:
+        return [f"Not measured: needs `{CPS_PAIR}` (and `{CPS}` for the ratios)."]
+    base = targets.get(CPS)
+    shared = f"the machine's {cores} cores" if cores else "the machine's cores"
+    lines = [
+        f"`{CPS}` (one node, {base.config if base else 'not run'}) against `{CPS_PAIR}`: the "
+        f"same server as a primary, with one standby following it (its own data dir and store, "
+        f"under {pair.data_dir}), overwrite of 1 KiB on an asynchronous checkpoint "
+        "(WR_ACTIVE_REPLICA: answered after the primary's commit, the standby follows) and on "
+        "a synchronous one (WR_ALL_REPLICAS: answered once the standby acknowledged the batch "
+        f"too). The client talks to the primary only. `vs {CPS}`: the pair's value / "
+        f"`{CPS}`'s at the same in-flight (µs/op: the difference). Server µs/op = the "
+        "primary's CPU time per op; standby cores = the standby's CPU seconds per wall second "
+        "in the window (not counted in other cores); standby behind = how long it went on "
+        "applying batches after the window (its backlog: an asynchronous write is answered "
+        "before the standby has it); standby µs/op = its CPU time in the window and that "
+        "catch-up, per op.",
+        "",
+        f"The primary, the standby and the client share {shared} (nothing is pinned): what "
+        "the standby uses is taken from the primary and the client, so the pair's ops/s are "
+        "bounded by the three processes together, not by the primary alone.",
+        "",
+        f"| in-flight | configuration | ops/s | vs `{CPS}` | p50 ms | vs `{CPS}` | p99 ms "
+        f"| vs `{CPS}` | server µs/op (primary) | vs `{CPS}` | standby cores | standby µs/op "
+        "| standby behind s | other cores |",
+        "| ---: | --- |" + " ---: |" * 12,
+    ]
+    summary: list[str] = []
+    for level in levels:
+        if not any(row.result is not None and row.result.inflight == level for row in pair.rows):
+            continue  # the pair ran at fewer levels (--quick)
+        found: dict[tuple[str, str], LoadResult] = {}
+        for name, scenario, label in REPLICATION_ROWS:
+            target = targets.get(name)
+            row = target.row(scenario, level) if target is not None else None
+            if row is None or row.result is None or not row.usable:
+                continue
+            res = found[(name, scenario)] = row.result
+            ref = found.get((CPS, "overwrite")) if name != CPS else None
+            noisy = ref is not None and max(res.cpu.other, ref.cpu.other) > NOISY_OTHER_CORES
+            mark = " (noisy)" if noisy else ""
+            ops = p50 = p99 = per_op = "-"
+            if ref is not None:
+                ops = _times(res.ops_per_s, ref.ops_per_s) + mark
+                p50 = _times(res.p50_ms, ref.p50_ms)
+                p99 = _times(res.p99_ms, ref.p99_ms)
+                ours, theirs = _us_per_op(res), _us_per_op(ref)
+                if ours is not None and theirs is not None:
+                    per_op = f"{ours - theirs:+.0f}"
+            standby_per_op = _standby_us_per_op(res)
+            lines.append(
+                f"| {level} | {label} | {res.ops_per_s:,.0f} | {ops} | {res.p50_ms:.3f} | {p50} "
+                f"| {res.p99_ms:.3f} | {p99} | {_per_op_us(res)} | {per_op} "
+                f"| {_cores(res.cpu.standby)} "
+                f"| {'-' if standby_per_op is None else f'{standby_per_op:.0f}'} "
+                f"| {_seconds(res.standby_catch_up_s)} | {res.cpu.other:.2f} |"
+            )
+        asynchronous = found.get((CPS_PAIR, "overwrite"))
+        synchronous = found.get((CPS_PAIR, "overwrite-sync"))
+        if asynchronous is not None and synchronous is not None:
+            summary.append(
+                f"{level} in-flight: sync / async ops/s "
+                f"{_times(synchronous.ops_per_s, asynchronous.ops_per_s)}, p50 "
+                f"{synchronous.p50_ms - asynchronous.p50_ms:+.3f} ms"
+            )
+    if summary:
+        lines += ["", "Synchronous against asynchronous on the pair: " + "; ".join(summary) + "."]
+    if pair.error is not None:
+        lines += ["", f"`{CPS_PAIR}`: {_one_line(pair.error)}"]
+    return lines
+
+
 def _spread(spread: Spread | None, with_max: bool = True) -> str:
     if spread is None:
         return "-"
@@ -402,15 +504,21 @@ def target_lines(target: TargetResult) -> list[str]:
         lines += ["Not (fully) run: " + _one_line(target.error), ""]
     if not target.rows:
         return lines
+    standby = any(r.result is not None and r.result.cpu.standby is not None for r in target.rows)
     lines += [
         "| scenario | in-flight | channels | ops/s | items/s | p50 ms | p99 ms "
-        "| client cores | server cores | server CPU µs/op | other / steal cores | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| client cores | server cores | server CPU µs/op "
+        + ("| standby cores | standby behind s " if standby else "")
+        + "| other / steal cores | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        + (" ---: | ---: |" if standby else "")
+        + " --- |",
     ]
     for row in target.rows:
         res = row.result
         if res is None:
-            lines.append(f"| {row.scenario} |" + " |" * 10 + f" {_one_line(row.error or '')} |")
+            empty = 12 if standby else 10
+            lines.append(f"| {row.scenario} |" + " |" * empty + f" {_one_line(row.error or '')} |")
             continue
         items = (
             f"{res.ops_per_s * row.items_per_op:,.0f} {row.item_unit}"
@@ -422,7 +530,12 @@ def target_lines(target: TargetResult) -> list[str]:
             f"| {row.scenario} | {res.inflight} | {res.channels} | {res.ops_per_s:,.0f} "
             f"| {items} | {res.p50_ms:.3f} | {res.p99_ms:.3f} | {_cores(res.cpu.client)} "
             f"| {_cores(res.cpu.server)} | {_per_op_us(res)} "
-            f"| {res.cpu.other:.2f} / {res.cpu.steal:.2f} "
+            + (
+                f"| {_cores(res.cpu.standby)} | {_seconds(res.standby_catch_up_s)} "
+                if standby
+                else ""
+            )
+            + f"| {res.cpu.other:.2f} / {res.cpu.steal:.2f} "
             f"| {errors} |"
         )
     lines.append("")
@@ -452,6 +565,7 @@ def render(
     levels: Sequence[int],
     targets: dict[str, TargetResult],
     fsync_note: str | None = None,
+    cores: int | None = None,
 ) -> str:
     lines = [
         "# CPS benchmark results",
@@ -471,6 +585,8 @@ def render(
     lines += persistence_lines(targets, levels)
     lines += ["", "### On a real disk", ""]
     lines += disk_lines(targets, fsync_note)
+    lines += ["", "## Cost of replication", ""]
+    lines += replication_lines(targets, levels, cores)
     lines += ["", "## Notification latency (issue 3)", ""]
     lines += notify_lines(targets)
     lines += ["", "## Library checkpoints (issue 4)", ""]

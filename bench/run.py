@@ -1,9 +1,10 @@
 """Benchmark CLI: `python -m bench.run [--quick] [--seconds S] [--out bench/RESULTS.md]`.
 
 Starts the bare reference server, etcd and CPS (in memory, persistent on
-tmpfs, persistent on a disk at --sync full and normal) one after the other as
-subprocesses on loopback ports, drives each with the same client code and
-writes one report with the ratios side by side: closed-loop throughput,
+tmpfs, a persistent primary with one standby, persistent on a disk at --sync
+full and normal) one after the other as subprocesses on loopback ports, drives
+each with the same client code and writes one report with the ratios side by
+side: closed-loop throughput, the cost of persistence and of replication,
 notification latency and library-checkpoint throughput.
 """
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime
+import os
 import shlex
 import signal
 import sys
@@ -26,7 +29,7 @@ from grpc import aio
 
 from bench import machine
 from bench import targets as tg
-from bench.cps_scenarios import CpsSuite
+from bench.cps_scenarios import CpsSuite, ReplicationSuite
 from bench.library_scenarios import LibrarySuite
 from bench.load import (
     CALL_TIMEOUT_S,
@@ -44,6 +47,7 @@ from bench.report import (
     CPS_DISK,
     CPS_DISK_NORMAL,
     CPS_MEM,
+    CPS_PAIR,
     NOISY_OTHER_CORES,
     Row,
     TargetResult,
@@ -68,6 +72,8 @@ class TargetSpec:
     cps_flags: tuple[str, ...] | None = None
     # Run the notification-latency runs too.
     notify: bool = False
+    # CPS only: a primary with one standby following it (the client calls the primary).
+    standby: bool = False
 
 
 def _all_levels(args: argparse.Namespace) -> list[int]:
@@ -77,6 +83,11 @@ def _all_levels(args: argparse.Namespace) -> list[int]:
 def _disk_levels(args: argparse.Namespace) -> list[int]:
     """The disk runs: the lowest level (one commit per op) and the targets' level."""
     return sorted({min(args.levels), ratio_level(args.levels)})
+
+
+def _pair_levels(args: argparse.Namespace) -> list[int]:
+    """The replication runs: every level, only the targets' level with --quick."""
+    return [ratio_level(args.levels)] if args.quick else list(args.levels)
 
 
 def _data_base(args: argparse.Namespace) -> Path:
@@ -112,6 +123,16 @@ SPECS = [
         _data_base,
         cps_flags=(),
         notify=True,
+    ),
+    TargetSpec(
+        CPS_PAIR,
+        f"{CPS_PAIR}: cps-server, default flags, as a primary with one standby "
+        "(server checkpoints stored in SQLite, replicated)",
+        ReplicationSuite,
+        _pair_levels,
+        _data_base,
+        cps_flags=(),
+        standby=True,
     ),
     TargetSpec(
         CPS_DISK,
@@ -296,13 +317,26 @@ def fsync_note(args: argparse.Namespace) -> str | None:
     )
 
 
+def _cps_line(args: argparse.Namespace, spec: TargetSpec) -> str:
+    command = shlex.join(cps_argv(args, spec))
+    if not spec.standby:
+        return f"`{spec.name}`: `{command} --listen 127.0.0.1:PORT --data-dir TMPDIR`"
+    primary = shlex.join(tg.primary_args())
+    standby = shlex.join(tg.standby_args("127.0.0.1:PORT"))
+    return (
+        f"`{spec.name}`: primary `{command} {primary} --listen 127.0.0.1:PORT --data-dir "
+        f"TMPDIR`, then standby `{command} {standby} --listen 127.0.0.1:PORT2 --data-dir "
+        "TMPDIR2`"
+    )
+
+
 def method_notes(args: argparse.Namespace) -> list[str]:
     cps_lines = [
-        f"`{name}`: `{shlex.join(cps_argv(args, SPEC_BY_NAME[name]))} --listen "
-        "127.0.0.1:PORT --data-dir TMPDIR`"
+        _cps_line(args, SPEC_BY_NAME[name])
         for name in args.target_names
         if SPEC_BY_NAME[name].cps_flags is not None
     ]
+    pair_levels = ", ".join(str(level) for level in _pair_levels(args))
     runs = ", ".join(f"{r.subscribers} at {r.rate:g}/s" for r in args.notify_plan) or "none"
     return [
         "Closed loop: the in-flight level is the number of concurrent workers (asyncio tasks "
@@ -329,6 +363,20 @@ def method_notes(args: argparse.Namespace) -> list[str]:
         "defaults, see `cps-server --help`): " + "; ".join(cps_lines) + ".",
         f"Disk targets (`{CPS_DISK}`, `{CPS_DISK_NORMAL}`) run only overwrite (and lib-write) "
         "at the lowest in-flight level and the targets' level.",
+        f"Replication (`{CPS_PAIR}`): the primary is started, then, once it serves, its "
+        "standby; the runs start once the standby logged that it follows (it applied the "
+        "primary's snapshot). The client calls the primary only. Two checkpoints, each with "
+        "one 1 KiB section per worker: `overwrite` on one created WR_ACTIVE_REPLICA "
+        "(asynchronous, as in the other CPS targets), `overwrite-sync` on one created "
+        f"WR_ALL_REPLICAS (synchronous), at in-flight {pair_levels}. Server CPU is the "
+        "primary's process tree; the standby's is shown apart (standby cores) and left out "
+        "of other cores. Before and after each run the harness waits until the standby is "
+        f"idle (under {tg.IDLE_CPU_S * 1e3:.0f} ms of CPU in {tg.IDLE_POLL_S:g} s): it has "
+        "applied every batch, so each run starts with it caught up; the wait after the "
+        "window is its catch-up time (its backlog), and standby µs/op counts its CPU in the "
+        "window and the catch-up. After the runs the logs are checked: the standby still "
+        "running, never dropped by the primary and never cut from it (else the target is "
+        "marked failed). The standby is stopped before its primary.",
         "Library: one library checkpoint with a dataset per worker; each run initializes one "
         "library handle per channel.",
         f"Notifications (`{CPS_MEM}`, `{CPS}`), runs of subscribers at writes/s: {runs}. "
@@ -352,7 +400,7 @@ def method_notes(args: argparse.Namespace) -> list[str]:
 
 async def bench_target(
     spec: TargetSpec,
-    server: tg.ServerProcess,
+    server: tg.Server,
     result: TargetResult,
     args: argparse.Namespace,
 ) -> TargetResult:
@@ -371,6 +419,13 @@ async def bench_target(
                     row = await _run_one(server, scenario, level, args)
                     result.rows.append(row)
                     _log(f"  {name} {scenario.name} @{level}: " + _summary(row))
+            if isinstance(server, tg.CpsPair):
+                problems = server.replication_problems()
+                if problems:
+                    raise RuntimeError(
+                        "the standby did not follow all along (the synchronous runs may not "
+                        "have waited for it): " + "; ".join(problems)
+                    )
             with contextlib.suppress(Exception):
                 await suite.finish(setup[0])
             if spec.notify and args.notify_plan:
@@ -386,7 +441,7 @@ async def bench_target(
 
 
 async def _notify_runs(
-    server: tg.ServerProcess, setup: aio.Channel, result: TargetResult, args: argparse.Namespace
+    server: tg.Server, setup: aio.Channel, result: TargetResult, args: argparse.Namespace
 ) -> None:
     fixture = NotifyFixture(max(run.writes for run in args.notify_plan))
     try:
@@ -420,7 +475,7 @@ def _notify_summary(run: NotifyResult) -> str:
 
 
 async def _run_one(
-    server: tg.ServerProcess, scenario: Scenario, level: int, args: argparse.Namespace
+    server: tg.Server, scenario: Scenario, level: int, args: argparse.Namespace
 ) -> Row:
     """Run a scenario at one level `--repeat` times; keep the run of median ops/s."""
     runs: list[LoadResult] = []
@@ -442,20 +497,30 @@ def median_run(runs: Sequence[LoadResult]) -> LoadResult:
 
 
 async def _run_once(
-    server: tg.ServerProcess, scenario: Scenario, level: int, args: argparse.Namespace
+    server: tg.Server, scenario: Scenario, level: int, args: argparse.Namespace
 ) -> LoadResult:
     n_channels = channel_count(level)
+    pair = server if isinstance(server, tg.CpsPair) else None
+    if pair is not None:
+        await pair.standby_catch_up()  # every run starts with the standby caught up
     channels = await open_channels(server.address, n_channels)
     try:
         calls = await scenario.start(channels, level)
         try:
-            return await run_load(
+            load = await run_load(
                 calls,
                 warmup_s=args.warmup,
                 seconds=args.seconds,
                 channels=n_channels,
                 server_pid=server.pid,
+                standby_pid=server.standby_pid,
             )
+            if pair is not None:
+                seconds, cpu_s = await pair.standby_catch_up()
+                load = dataclasses.replace(
+                    load, standby_catch_up_s=seconds, standby_catch_up_cpu_s=cpu_s
+                )
+            return load
         finally:
             await scenario.stop()
     finally:
@@ -467,18 +532,23 @@ def _summary(row: Row) -> str:
     if res is None:
         return f"FAILED {row.error}"
     text = f"{res.ops_per_s:,.0f} ops/s p50 {res.p50_ms:.3f} ms p99 {res.p99_ms:.3f} ms"
+    if res.cpu.standby is not None:
+        text += f", server {res.cpu.server or 0:.2f} + standby {res.cpu.standby:.2f} cores"
+    if res.standby_catch_up_s is not None:
+        text += f", standby caught up {res.standby_catch_up_s:.1f} s after the window"
     if res.errors:
         text += f" ({res.errors} errors: {res.first_error})"
     return text
 
 
-def make_server(spec: TargetSpec, args: argparse.Namespace, workdir: Path) -> tg.ServerProcess:
+def make_server(spec: TargetSpec, args: argparse.Namespace, workdir: Path) -> tg.Server:
     if spec.name == "bare":
         return tg.bare_server(workdir)
     if spec.name == "etcd":
         return tg.etcd_server(workdir, args.etcd_bin, Path(args.data_base))
     assert spec.data_base is not None and spec.cps_flags is not None
-    return tg.cps_server(
+    factory = tg.cps_pair if spec.standby else tg.cps_server
+    return factory(
         workdir,
         shlex.split(args.cps_cmd),
         spec.data_base(args),
@@ -493,6 +563,8 @@ def new_result(spec: TargetSpec, args: argparse.Namespace) -> TargetResult:
         result.data_dir = machine.describe_dir(spec.data_base(args))
     if spec.cps_flags is not None:
         result.config = cps_config(cps_argv(args, spec))
+        if spec.standby:
+            result.config = "primary + 1 standby, " + result.config
     return result
 
 
@@ -544,11 +616,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             with _signals_ignored():
                 tg.stop_all()
         for result in results.values():
-            if result.error is not None:
-                log = Path(tmp) / f"{result.name}.log"
+            if result.error is None:
+                continue
+            for process in (result.name, f"{result.name}-standby"):
+                log = Path(tmp) / f"{process}.log"
                 if log.exists():
                     tail = log.read_text(errors="replace").splitlines()[-10:]
-                    _log(f"{result.name} log tail:\n" + "\n".join(tail))
+                    _log(f"{process} log tail:\n" + "\n".join(tail))
     text = render(
         command=command,
         date=date,
@@ -558,6 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         levels=args.levels,
         targets=results,
         fsync_note=fsync,
+        cores=os.cpu_count(),
     )
     print(text)
     if args.out is not None:

@@ -1,4 +1,5 @@
-"""The server processes under test: CPS, the bare gRPC server and etcd.
+"""The server processes under test: CPS (alone, or a primary with a standby),
+the bare gRPC server and etcd.
 
 Each runs as a subprocess on a loopback port, so it does not share the CPU or
 the GIL with the client. A process is only ever stopped by its own pid.
@@ -19,10 +20,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc import aio
 
+from bench import cpu
 from bench.load import raw_unary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +34,34 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 
 Probe = Callable[[aio.Channel], Awaitable[bool]]
+
+
+class Server(Protocol):
+    """What the runs need of a target: one process, or a primary with its standby."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def address(self) -> str:
+        """Where the client sends its calls."""
+        ...
+
+    @property
+    def pid(self) -> int:
+        """The process whose tree counts as the server's CPU."""
+        ...
+
+    @property
+    def standby_pid(self) -> int | None:
+        """A standby's process (its CPU is shown apart), None without one."""
+        ...
+
+    def start(self) -> None: ...
+
+    async def wait_ready(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def free_ports(count: int) -> list[int]:
@@ -83,31 +114,57 @@ class ServerProcess:
             raise RuntimeError(f"{self.name} is not started")
         return self.proc.pid
 
-    def log_tail(self, lines: int = 20) -> str:
+    @property
+    def standby_pid(self) -> int | None:
+        return None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
         try:
-            text = self.log_path.read_text(errors="replace")
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
     async def wait_ready(self) -> None:
         """Poll the probe until it answers true, the process exits, or time runs out."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
         async with aio.insecure_channel(self.address) as channel:
-            while True:
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.name} exited with {self.proc.returncode} before it was ready:\n"
-                        + self.log_tail()
-                    )
+
+            async def probe() -> bool:
                 with contextlib.suppress(aio.AioRpcError):
-                    if await self.probe(channel):
-                        return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{self.name} not ready after {READY_TIMEOUT_S:.0f} s:\n" + self.log_tail()
-                    )
-                await asyncio.sleep(0.1)
+                    return await self.probe(channel)
+                return False
+
+            await self._wait_until(probe, "ready")
+
+    async def wait_for_log(self, text: str, what: str) -> None:
+        """Poll the log until it holds `text`, the process exits, or time runs out."""
+
+        async def logged() -> bool:
+            return text in self.log_text()
+
+        await self._wait_until(logged, what)
+
+    async def _wait_until(self, check: Callable[[], Awaitable[bool]], what: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode} before it was {what}:\n"
+                    + self.log_tail()
+                )
+            if await check():
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.name} not {what} after {READY_TIMEOUT_S:.0f} s:\n" + self.log_tail()
+                )
+            await asyncio.sleep(0.1)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; only this process, by its pid."""
@@ -184,13 +241,15 @@ def cps_server(
     dir_base: Path,
     name: str = "cps",
     extra_args: Sequence[str] = (),
+    port: int | None = None,
 ) -> ServerProcess:
     """CPS with its store in a fresh temporary data dir under `dir_base`.
 
     `extra_args` follow `command` (so they win over the same option in it),
-    then come `--listen` and `--data-dir`.
+    then come `--listen` and `--data-dir`. A free port is picked unless given.
     """
-    (port,) = free_ports(1)
+    if port is None:
+        (port,) = free_ports(1)
     address = f"{LOOPBACK}:{port}"
     data_dir = Path(tempfile.mkdtemp(prefix=f"cps-bench-{name}-", dir=dir_base))
     return ServerProcess(
@@ -201,6 +260,136 @@ def cps_server(
         log_path=workdir / f"{name}.log",
         cleanup_dirs=[data_dir],
     )
+
+
+# --- CPS: a primary and its standby ----------------------------------------
+
+PRIMARY_NODE = "primary"
+STANDBY_NODE = "standby"
+# What the standby logs once it applied the primary's snapshot (docs/replication.md).
+FOLLOWING_LOG = '"msg": "following"'
+# What the primary logs when it drops its standby (a synchronous batch not
+# acknowledged in time, or too far behind), and what the standby logs when
+# its stream to the primary breaks.
+DROPPED_LOG = '"msg": "follower dropped"'
+UNREACHABLE_LOG = '"msg": "primary unreachable"'
+# The standby has caught up once it uses less CPU than this in a poll interval
+# (its CPU time counts in clock ticks of 10 ms): with no backlog it only
+# answers keepalive pings.
+IDLE_POLL_S = 0.2
+IDLE_CPU_S = 0.02
+CATCH_UP_TIMEOUT_S = 60.0
+
+
+def primary_args() -> list[str]:
+    return ["--node-name", PRIMARY_NODE]
+
+
+def standby_args(primary_address: str) -> list[str]:
+    return ["--node-name", STANDBY_NODE, "--standby-of", primary_address]
+
+
+@dataclass(eq=False)
+class CpsPair:
+    """A CPS primary and one standby following it, each with its own data dir.
+
+    The client talks to the primary only (a standby serves no client). Ready
+    once the primary serves and the standby has applied its snapshot.
+    """
+
+    name: str
+    primary: ServerProcess
+    standby: ServerProcess
+
+    @property
+    def address(self) -> str:
+        return self.primary.address
+
+    @property
+    def pid(self) -> int:
+        return self.primary.pid
+
+    @property
+    def standby_pid(self) -> int | None:
+        return self.standby.pid
+
+    def start(self) -> None:
+        self.primary.start()
+
+    async def wait_ready(self) -> None:
+        await self.primary.wait_ready()
+        self.standby.start()
+        await self.standby.wait_for_log(FOLLOWING_LOG, "following its primary")
+
+    def stop(self) -> None:
+        # The standby first: without its primary it would try to take over.
+        self.standby.stop()
+        self.primary.stop()
+
+    async def standby_catch_up(self) -> tuple[float, float]:
+        """Wait until the standby is idle: it has applied every batch sent so far.
+
+        The primary queues every committed batch for the standby without
+        waiting (except for synchronous checkpoints), so after a run of
+        asynchronous writes the standby may still be applying a backlog.
+        Returns the seconds it took, to the start of the first idle poll
+        interval (resolution IDLE_POLL_S), and the standby's CPU seconds
+        meanwhile.
+        """
+        start = time.monotonic()
+        deadline = start + CATCH_UP_TIMEOUT_S
+        first = used = cpu.tree_seconds(self.standby.pid)
+        while True:
+            await asyncio.sleep(IDLE_POLL_S)
+            now = time.monotonic()
+            previous, used = used, cpu.tree_seconds(self.standby.pid)
+            if used - previous < IDLE_CPU_S:
+                return max(0.0, now - IDLE_POLL_S - start), previous - first
+            if not self.standby.running or now > deadline:
+                raise RuntimeError(
+                    f"{self.standby.name} still busy {now - start:.0f} s after the run "
+                    f"(running: {self.standby.running})"
+                )
+
+    def replication_problems(self) -> list[str]:
+        """Why the standby may not have followed all along (empty: it did)."""
+        problems: list[str] = []
+        if not self.standby.running:
+            problems.append(f"{self.standby.name} is not running")
+        if DROPPED_LOG in self.primary.log_text():
+            problems.append(f"{self.primary.name} dropped its standby")
+        if UNREACHABLE_LOG in self.standby.log_text():
+            problems.append(f"{self.standby.name} lost its stream to the primary")
+        return problems
+
+
+def cps_pair(
+    workdir: Path,
+    command: list[str],
+    dir_base: Path,
+    name: str = "cps-pair",
+    extra_args: Sequence[str] = (),
+) -> CpsPair:
+    """A primary (logging to NAME.log) and its standby (NAME-standby.log), both
+    with default replication options and `extra_args`."""
+    primary_port, standby_port = free_ports(2)
+    primary = cps_server(
+        workdir,
+        command,
+        dir_base,
+        name=name,
+        extra_args=[*extra_args, *primary_args()],
+        port=primary_port,
+    )
+    standby = cps_server(
+        workdir,
+        command,
+        dir_base,
+        name=f"{name}-standby",
+        extra_args=[*extra_args, *standby_args(primary.address)],
+        port=standby_port,
+    )
+    return CpsPair(name, primary, standby)
 
 
 # --- etcd -----------------------------------------------------------------

@@ -81,17 +81,36 @@ class Standby:
     async def _follow(self) -> None:
         async with grpc.aio.insecure_channel(self.primary, options=_CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.ReplicaServiceStub(channel)
-            call = stub.Follow(pb.FollowRequest(node_name=self.node_name))
-            async for batch in call:
-                self._down_since = None
-                await self.journal.apply_from_primary(from_message(batch))
-                self.applied = batch.sequence
-                if batch.snapshot:
-                    self.synced = True
-                    log.info(
-                        "following",
-                        extra={"primary": self.primary, "sequence": batch.sequence},
+            applied = asyncio.Event()
+            # Acknowledge on the side, the latest batch only: applying the next
+            # batch never waits for a round trip to a busy primary.
+            acknowledging = asyncio.create_task(self._acknowledge(stub, applied))
+            try:
+                async for batch in stub.Follow(pb.FollowRequest(node_name=self.node_name)):
+                    self._down_since = None
+                    await self.journal.apply_from_primary(from_message(batch))
+                    self.applied = batch.sequence
+                    applied.set()
+                    if batch.snapshot:
+                        self.synced = True
+                        log.info(
+                            "following",
+                            extra={"primary": self.primary, "sequence": batch.sequence},
+                        )
+            finally:
+                acknowledging.cancel()
+
+    async def _acknowledge(self, stub: pb_grpc.ReplicaServiceStub, applied: asyncio.Event) -> None:
+        sent = 0
+        while True:
+            await applied.wait()
+            applied.clear()
+            if self.applied > sent:
+                sequence = self.applied
+                try:
+                    await stub.Acknowledge(
+                        pb.AcknowledgeRequest(node_name=self.node_name, sequence=sequence)
                     )
-                await stub.Acknowledge(
-                    pb.AcknowledgeRequest(node_name=self.node_name, sequence=batch.sequence)
-                )
+                except grpc.aio.AioRpcError:
+                    return  # the stream breaks too: following again starts afresh
+                sent = sequence
