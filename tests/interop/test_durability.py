@@ -3,12 +3,14 @@ at start-up and are left untouched."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sqlite3
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +115,9 @@ def test_restart_starts_retention_of_stored_checkpoints(tmp_path: Path) -> None:
             Client(channel).open("short-lived", flags=RW)
 
 
-def start_fails(data_dir: Path, *, as_user: list[str] | None = None) -> str:
+def start_fails(data_dir: Path) -> str:
     """Start a server that must refuse to run; returns what it printed."""
-    command = [*(as_user or []), SERVER, "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    command = [SERVER, "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0, result.stderr
     return result.stderr
@@ -158,17 +160,32 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     assert "newer CPS" in start_fails(tmp_path)
 
 
-def test_read_only_data_dir_is_refused() -> None:
-    # pytest's tmp_path is private to root; nobody must be able to reach this.
+@contextlib.contextmanager
+def read_only_directory() -> Iterator[Path]:
+    """An empty directory this process cannot write to. Root ignores
+    permission bits, so as root it is a read-only tmpfs mounted there."""
     parent = Path(tempfile.mkdtemp(prefix="cps-ro-"))
+    target = parent / "data"
+    target.mkdir()
     try:
-        parent.chmod(0o755)
-        read_only = parent / "data"
-        read_only.mkdir(mode=0o555)
-        # root ignores permission bits: run the server as nobody then.
-        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-        message = start_fails(read_only, as_user=as_user if os.geteuid() == 0 else None)
+        if os.geteuid() == 0:
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)], check=True
+            )
+            try:
+                yield target
+            finally:
+                subprocess.run(["umount", str(target)], check=True)
+        else:
+            target.chmod(0o555)
+            yield target
+    finally:
+        target.chmod(0o755)
+        shutil.rmtree(parent)
+
+
+def test_read_only_data_dir_is_refused() -> None:
+    with read_only_directory() as read_only:
+        message = start_fails(read_only)
         assert "not writable" in message
         assert list(read_only.iterdir()) == []
-    finally:
-        shutil.rmtree(parent)
