@@ -207,3 +207,31 @@ def test_python_clients_given_both_nodes_reach_whichever_serves(pair: Pair) -> N
         assert checkpoint.read(b"s") == b"written on the primary"
     with Library.connect(after) as library:
         wait_for(lambda: library.checkpoint_exists("follow-me-too"), "asynchronous library data")
+
+
+def test_a_batch_larger_than_a_message_reaches_the_standby_whole(pair: Pair) -> None:
+    standby = pair.start_standby()
+    big = [bytes([index]) * (5 * 1024 * 1024) for index in range(3)]  # one 15 MiB batch
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    with grpc.insecure_channel(pair.primary.address, options=options) as channel:
+        client = Client(channel)
+        attrs = attributes(flags=SYNC, max_sections=3, max_section_size=6 * 1024 * 1024)
+        handle = client.open("big", attrs)
+        for index in range(3):
+            client.create_section(handle, b"s%d" % index)
+        client.stub.CheckpointWrite(
+            pb.CheckpointWriteRequest(
+                checkpoint_handle=handle,
+                io_vector=[
+                    t.IOVectorElement(section_id=sid(b"s%d" % index), data_buffer=data)
+                    for index, data in enumerate(big)
+                ],
+            )
+        )
+    pair.kill_primary()
+    wait_for(lambda: health(standby.address) == SERVING, "the standby to take over")
+    with grpc.insecure_channel(standby.address, options=options) as channel:
+        survivor = Client(channel)
+        handle = survivor.open("big", flags=RW)
+        for index, data in enumerate(big):
+            assert survivor.read(handle, b"s%d" % index) == data

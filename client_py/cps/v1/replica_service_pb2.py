@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ps/v1/replica_service.proto\x12\x06\x63ps.v1\"\"\n\rFollowRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"f\n\x0e\x46ollowResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x30\n\nstatements\x18\x03 \x03(\x0b\x32\x1c.cps.v1.ReplicationStatement\"Q\n\x14ReplicationStatement\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12,\n\nparameters\x18\x02 \x03(\x0b\x32\x18.cps.v1.ReplicationValue\"p\n\x10ReplicationValue\x12\x11\n\x07is_null\x18\x01 \x01(\x08H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x12H\x00\x12\x0e\n\x04real\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x0e\n\x04\x62lob\x18\x05 \x01(\x0cH\x00\x42\x06\n\x04kind\"9\n\x12\x41\x63knowledgeRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x15\n\x13\x41\x63knowledgeResponse2\x93\x01\n\x0eReplicaService\x12\x39\n\x06\x46ollow\x12\x15.cps.v1.FollowRequest\x1a\x16.cps.v1.FollowResponse0\x01\x12\x46\n\x0b\x41\x63knowledge\x12\x1a.cps.v1.AcknowledgeRequest\x1a\x1b.cps.v1.AcknowledgeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ps/v1/replica_service.proto\x12\x06\x63ps.v1\"\"\n\rFollowRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\"t\n\x0e\x46ollowResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x10\n\x08snapshot\x18\x02 \x01(\x08\x12\x30\n\nstatements\x18\x03 \x03(\x0b\x32\x1c.cps.v1.ReplicationStatement\x12\x0c\n\x04more\x18\x04 \x01(\x08\"Q\n\x14ReplicationStatement\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12,\n\nparameters\x18\x02 \x03(\x0b\x32\x18.cps.v1.ReplicationValue\"p\n\x10ReplicationValue\x12\x11\n\x07is_null\x18\x01 \x01(\x08H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x12H\x00\x12\x0e\n\x04real\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x0e\n\x04\x62lob\x18\x05 \x01(\x0cH\x00\x42\x06\n\x04kind\"9\n\x12\x41\x63knowledgeRequest\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"\x15\n\x13\x41\x63knowledgeResponse2\x93\x01\n\x0eReplicaService\x12\x39\n\x06\x46ollow\x12\x15.cps.v1.FollowRequest\x1a\x16.cps.v1.FollowResponse0\x01\x12\x46\n\x0b\x41\x63knowledge\x12\x1a.cps.v1.AcknowledgeRequest\x1a\x1b.cps.v1.AcknowledgeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FOLLOWREQUEST']._serialized_start=40
   _globals['_FOLLOWREQUEST']._serialized_end=74
   _globals['_FOLLOWRESPONSE']._serialized_start=76
-  _globals['_FOLLOWRESPONSE']._serialized_end=178
-  _globals['_REPLICATIONSTATEMENT']._serialized_start=180
-  _globals['_REPLICATIONSTATEMENT']._serialized_end=261
-  _globals['_REPLICATIONVALUE']._serialized_start=263
-  _globals['_REPLICATIONVALUE']._serialized_end=375
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=377
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=434
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=436
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=457
-  _globals['_REPLICASERVICE']._serialized_start=460
-  _globals['_REPLICASERVICE']._serialized_end=607
+  _globals['_FOLLOWRESPONSE']._serialized_end=192
+  _globals['_REPLICATIONSTATEMENT']._serialized_start=194
+  _globals['_REPLICATIONSTATEMENT']._serialized_end=275
+  _globals['_REPLICATIONVALUE']._serialized_start=277
+  _globals['_REPLICATIONVALUE']._serialized_end=389
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=391
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=448
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=450
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=471
+  _globals['_REPLICASERVICE']._serialized_start=474
+  _globals['_REPLICASERVICE']._serialized_end=621
 # @@protoc_insertion_point(module_scope)

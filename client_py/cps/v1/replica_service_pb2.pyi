@@ -53,10 +53,15 @@ class FollowResponse(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     STATEMENTS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Increases by one per committed batch of the primary."""
     snapshot: _builtins.bool
     """The batch replaces the follower's whole store (the first one sent)."""
+    more: _builtins.bool
+    """More messages of this batch follow (a large batch is split to stay under
+    the message size limit): apply them all together, in one transaction.
+    """
     @_builtins.property
     def statements(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicationStatement]: ...
     def __init__(
@@ -65,10 +70,11 @@ class FollowResponse(_message.Message):
         sequence: _builtins.int = ...,
         snapshot: _builtins.bool = ...,
         statements: _abc.Iterable[Global___ReplicationStatement] | None = ...,
+        more: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence", "snapshot", b"snapshot", "statements", b"statements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "sequence", b"sequence", "snapshot", b"snapshot", "statements", b"statements"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from cps.server.storage.journal import Journal
-from cps.server.storage.replication import Followers, to_message
+from cps.server.storage.replication import Followers, to_messages
 from cps.v1 import replica_service_pb2 as pb
 from cps.v1 import replica_service_pb2_grpc as pb_grpc
 
@@ -28,7 +28,7 @@ class ReplicaService(pb_grpc.ReplicaServiceServicer):
             return
         # Snapshot and registration with no await between them: the follower
         # gets every batch committed after the snapshot's sequence.
-        snapshot = to_message(self.journal.batches, self.journal.snapshot(), snapshot=True)
+        snapshot = to_messages(self.journal.batches, self.journal.snapshot(), snapshot=True)
         follower = self.followers.add(request.node_name, snapshot)
         try:
             while True:

@@ -25,17 +25,34 @@ log = logging.getLogger("cps.replication")
 MAX_LAG = 10_000
 
 
-def to_message(
+# A batch is sent in messages of about this many bytes of parameters (a
+# single larger statement goes alone), under the gRPC message size limit.
+MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def to_messages(
     sequence: int, statements: Sequence[Statement], *, snapshot: bool = False
+) -> list[pb.FollowResponse]:
+    """One batch as one or more messages; all but the last say ``more``."""
+    messages: list[pb.FollowResponse] = []
+    current: list[pb.ReplicationStatement] = []
+    size = 0
+    for sql, parameters in statements:
+        statement = pb.ReplicationStatement(sql=sql, parameters=[_value(v) for v in parameters])
+        weight = len(sql) + sum(len(v) for v in parameters if isinstance(v, bytes | str))
+        if current and size + weight > MESSAGE_BYTES:
+            messages.append(_message(sequence, snapshot, current, more=True))
+            current, size = [], 0
+        current.append(statement)
+        size += weight
+    messages.append(_message(sequence, snapshot, current, more=False))
+    return messages
+
+
+def _message(
+    sequence: int, snapshot: bool, statements: list[pb.ReplicationStatement], *, more: bool
 ) -> pb.FollowResponse:
-    return pb.FollowResponse(
-        sequence=sequence,
-        snapshot=snapshot,
-        statements=[
-            pb.ReplicationStatement(sql=sql, parameters=[_value(v) for v in parameters])
-            for sql, parameters in statements
-        ],
-    )
+    return pb.FollowResponse(sequence=sequence, snapshot=snapshot, statements=statements, more=more)
 
 
 def _value(value: Any) -> pb.ReplicationValue:
@@ -50,10 +67,10 @@ def _value(value: Any) -> pb.ReplicationValue:
     return pb.ReplicationValue(blob=bytes(value))
 
 
-def from_message(batch: pb.FollowResponse) -> list[Statement]:
+def from_message(message: pb.FollowResponse) -> list[Statement]:
     return [
         (statement.sql, [_python(value) for value in statement.parameters])
-        for statement in batch.statements
+        for statement in message.statements
     ]
 
 
@@ -82,15 +99,16 @@ class Followers:
         self.members: dict[str, Follower] = {}
         self._changed = asyncio.Event()
 
-    def add(self, name: str, snapshot: pb.FollowResponse) -> Follower:
+    def add(self, name: str, snapshot: list[pb.FollowResponse]) -> Follower:
         previous = self.members.get(name)
         if previous is not None:
             previous.drop("followed again")
         follower = Follower(name)
-        follower.acknowledged = snapshot.sequence - 1
-        follower.queue.put_nowait(snapshot)
+        follower.acknowledged = snapshot[0].sequence - 1
+        for message in snapshot:
+            follower.queue.put_nowait(message)
         self.members[name] = follower
-        log.info("follower joined", extra={"follower": name, "sequence": snapshot.sequence})
+        log.info("follower joined", extra={"follower": name, "sequence": snapshot[0].sequence})
         return follower
 
     def remove(self, follower: Follower) -> None:
@@ -102,13 +120,14 @@ class Followers:
     def publish(self, sequence: int, statements: Sequence[Statement]) -> None:
         if not self.members:
             return
-        message = to_message(sequence, statements)
+        messages = to_messages(sequence, statements)
         for follower in list(self.members.values()):
             if follower.queue.qsize() >= MAX_LAG:
-                follower.drop(f"more than {MAX_LAG} batches behind")
+                follower.drop(f"more than {MAX_LAG} messages behind")
                 self.remove(follower)
             else:
-                follower.queue.put_nowait(message)
+                for message in messages:
+                    follower.queue.put_nowait(message)
 
     def acknowledge(self, name: str, sequence: int) -> None:
         follower = self.members.get(name)

@@ -22,6 +22,7 @@ from cps.v1 import replica_service_pb2_grpc as pb_grpc
 
 from .journal import Journal
 from .replication import from_message
+from .sqlite_store import Statement
 
 log = logging.getLogger("cps.standby")
 
@@ -85,10 +86,15 @@ class Standby:
             # Acknowledge on the side, the latest batch only: applying the next
             # batch never waits for a round trip to a busy primary.
             acknowledging = asyncio.create_task(self._acknowledge(stub, applied))
+            pending: list[Statement] = []  # the first messages of a split batch
             try:
                 async for batch in stub.Follow(pb.FollowRequest(node_name=self.node_name)):
                     self._down_since = None
-                    await self.journal.apply_from_primary(from_message(batch))
+                    pending += from_message(batch)
+                    if batch.more:
+                        continue
+                    statements, pending = pending, []
+                    await self.journal.apply_from_primary(statements)
                     self.applied = batch.sequence
                     applied.set()
                     if batch.snapshot:
