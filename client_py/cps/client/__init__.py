@@ -57,6 +57,7 @@ Notes:
   registered in the client (see ``cps.client.library``).
 """
 
+from ._connect import DEFAULT_CHANNEL_OPTIONS
 from .aio_checkpoint import AsyncCheckpoint
 from .aio_iteration import AsyncSectionIterator
 from .aio_session import AsyncSession
@@ -102,7 +103,7 @@ from .library import (
     ElementSerializer,
     Library,
 )
-from .session import DEFAULT_CHANNEL_OPTIONS, Session
+from .session import Session
 from .values import (
     CLIENT_VERSION,
     DEFAULT_SECTION_ID,

@@ -24,13 +24,13 @@ from . import _convert, _requests
 from ._aio_pending import AsyncPendingQueue
 from ._aio_stream import AsyncCallbackStream
 from ._closing import close_on_exit_async
+from ._connect import channel_options, first_serving_async, open_aio_channel
 from ._pending import QueueClosed
 from ._router import Dropped, Notified, Opened, Router, Synchronized
 from ._rpc import invoke_async
 from .aio_checkpoint import AsyncCheckpoint
 from .callbacks import AsyncCallbacks
-from .errors import BadHandleError, NotInitializedError, TryAgainError
-from .session import DEFAULT_CHANNEL_OPTIONS
+from .errors import BadHandleError, NotInitializedError
 from .values import (
     CLIENT_VERSION,
     CreationAttributes,
@@ -38,7 +38,6 @@ from .values import (
     Duration,
     OpenFlags,
     Version,
-    split_targets,
 )
 
 log = logging.getLogger("cps.client")
@@ -99,25 +98,12 @@ class AsyncSession:
     ) -> AsyncSession:
         """clCkptInitialize on the node at ``target`` over a channel of its
         own (as ``Session.connect``)."""
-        merged = dict(DEFAULT_CHANNEL_OPTIONS)
-        merged.update(options)
-        channel_options = list(merged.items())
-        last_error: TryAgainError | None = None
-        for one in split_targets(target):
-            if credentials is None:
-                channel = grpc.aio.insecure_channel(one, options=channel_options)
-            else:
-                channel = grpc.aio.secure_channel(one, credentials, options=channel_options)
-            try:
-                return await cls._start(cls(channel, callbacks, timeout, True), version)
-            except TryAgainError as error:  # down, or a standby: the next one
-                await channel.close()
-                last_error = error
-            except BaseException:
-                await channel.close()
-                raise
-        assert last_error is not None
-        raise last_error
+        opened = channel_options(options)
+        return await first_serving_async(
+            target,
+            lambda one: open_aio_channel(one, opened, credentials),
+            lambda channel: cls._start(cls(channel, callbacks, timeout, True), version),
+        )
 
     @staticmethod
     async def _start(session: AsyncSession, version: Version) -> AsyncSession:

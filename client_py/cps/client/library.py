@@ -29,9 +29,8 @@ import grpc
 from cps.v1 import library_service_pb2 as pb
 from cps.v1 import library_service_pb2_grpc as pb_grpc
 
-from .errors import LibraryNotExistError, TryAgainError, from_rpc_error
-from .session import DEFAULT_CHANNEL_OPTIONS
-from .values import split_targets
+from ._connect import channel_options, first_serving, open_channel
+from .errors import LibraryNotExistError, from_rpc_error
 
 DatasetSerializer = Callable[[int, Any], bytes]
 DatasetDeserializer = Callable[[int, bytes, Any], None]
@@ -68,21 +67,12 @@ class Library:
     def connect(cls, target: str, options: Sequence[tuple[str, Any]] = ()) -> Library:
         """``target``: "host:port", or a list "a:50051,b:50051" of which the
         first node that serves is used."""
-        merged = dict(DEFAULT_CHANNEL_OPTIONS)
-        merged.update(options)
-        last_error: TryAgainError | None = None
-        for one in split_targets(target):
-            channel = grpc.insecure_channel(one, options=list(merged.items()))
-            try:
-                return cls(channel, _owns_channel=True)
-            except TryAgainError as error:  # down, or a standby: the next one
-                channel.close()
-                last_error = error
-            except BaseException:
-                channel.close()
-                raise
-        assert last_error is not None
-        raise last_error
+        opened = channel_options(options)
+        return first_serving(
+            target,
+            lambda one: open_channel(one, opened, None),
+            lambda channel: cls(channel, _owns_channel=True),
+        )
 
     def _call(self, method: str, request: Any) -> Any:
         try:

@@ -8,7 +8,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any
 
 import grpc
 
@@ -17,13 +17,14 @@ from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
 
 from . import _convert, _requests
 from ._closing import close_on_exit
+from ._connect import channel_options, first_serving, open_channel
 from ._pending import PendingQueue, QueueClosed
 from ._router import Dropped, Notified, Opened, Router, Synchronized
 from ._rpc import invoke
 from ._stream import CallbackStream
 from .callbacks import Callbacks
 from .checkpoint import Checkpoint
-from .errors import BadHandleError, NotInitializedError, TryAgainError
+from .errors import BadHandleError, NotInitializedError
 from .values import (
     CLIENT_VERSION,
     CreationAttributes,
@@ -31,22 +32,9 @@ from .values import (
     Duration,
     OpenFlags,
     Version,
-    split_targets,
 )
 
 log = logging.getLogger("cps.client")
-
-_MiB = 1024 * 1024
-DEFAULT_CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
-    # The node's default message limit: a read of a large section must fit.
-    ("grpc.max_receive_message_length", 80 * _MiB),
-    ("grpc.max_send_message_length", 80 * _MiB),
-    # Notice a dead node on an idle callback stream (the node allows pings
-    # every 10 s).
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-)
-"""Channel options of ``Session.connect``; ``options`` adds to or overrides them."""
 
 
 class Session:
@@ -108,25 +96,14 @@ class Session:
         is used (a standby or an unreachable node is skipped).
         Raises VersionMismatchError (with ``.supported``) if the node does
         not support ``version``."""
-        merged = dict(DEFAULT_CHANNEL_OPTIONS)
-        merged.update(options)
-        channel_options = list(merged.items())
-        last_error: TryAgainError | None = None
-        for one in split_targets(target):
-            if credentials is None:
-                channel = grpc.insecure_channel(one, options=channel_options)
-            else:
-                channel = grpc.secure_channel(one, credentials, options=channel_options)
-            try:
-                return cls(channel, callbacks, version=version, timeout=timeout, _owns_channel=True)
-            except TryAgainError as error:  # down, or a standby: the next one
-                channel.close()
-                last_error = error
-            except BaseException:
-                channel.close()
-                raise
-        assert last_error is not None
-        raise last_error
+        opened = channel_options(options)
+        return first_serving(
+            target,
+            lambda one: open_channel(one, opened, credentials),
+            lambda channel: cls(
+                channel, callbacks, version=version, timeout=timeout, _owns_channel=True
+            ),
+        )
 
     def __repr__(self) -> str:
         state = "finalized" if self._finalized else "open"
