@@ -71,8 +71,16 @@ def seed_mutation(
     return _handler(method, durable=True)
 
 
+def seed_replicated(
+    method: Callable[[S, Request], Response],
+) -> Callable[[S, Request, Context], Awaitable[Response]]:
+    """As seed_call, then wait until every replica holds every change stored
+    so far (CheckpointSynchronize)."""
+    return _handler(method, durable=False, replicated=True)
+
+
 def _handler(
-    method: Callable[[S, Request], Response], *, durable: bool
+    method: Callable[[S, Request], Response], *, durable: bool, replicated: bool = False
 ) -> Callable[[S, Request, Context], Awaitable[Response]]:
     name = method.__name__
 
@@ -88,6 +96,8 @@ def _handler(
                     await pending
                 except Exception as error:  # storage failed: not the caller's fault
                     raise CkptError(ErrorCode.INTERNAL, str(error)) from error
+            if replicated:
+                await self.durability.replicated()
         except CkptError as error:
             METRICS.observe(name, error.code.value, time.perf_counter() - started)
             log.debug("%s failed: %s", name, error)

@@ -16,7 +16,7 @@ from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
 from cps.v1 import types_pb2 as t
 
 from . import convert
-from .calls import Durability, InMemory, seed_call, seed_mutation
+from .calls import Durability, InMemory, seed_call, seed_mutation, seed_replicated
 from .status import to_status
 
 
@@ -244,15 +244,11 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
             element.read_size = len(chunk)
         return response
 
-    @seed_call
-    def _synchronize_check(self, request: pb.CheckpointSynchronizeRequest) -> None:
-        self.manager.synchronize(request.checkpoint_handle)
-
-    async def CheckpointSynchronize(
-        self, request: pb.CheckpointSynchronizeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    @seed_replicated
+    def CheckpointSynchronize(
+        self, request: pb.CheckpointSynchronizeRequest
     ) -> pb.CheckpointSynchronizeResponse:
-        await self._synchronize_check(request, context)
-        await self.durability.replicated()
+        self.manager.synchronize(request.checkpoint_handle)
         return pb.CheckpointSynchronizeResponse()
 
     @seed_call
