@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from cps.server.app import Node
+from cps.server.node import Node
 from tests.support import Client, running_node
 
 

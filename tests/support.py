@@ -13,8 +13,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from cps.server.app import Node
 from cps.server.config import parse
+from cps.server.node import Node
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
 from cps.v1 import types_pb2 as t

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from cps.client import Callbacks, Session
-from cps.server.app import Node
+from cps.server.node import Node
 from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
 
 _names = itertools.count()

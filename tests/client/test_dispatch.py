@@ -24,7 +24,7 @@ from cps.client import (
     SectionChange,
     Session,
 )
-from cps.server.app import Node
+from cps.server.node import Node
 from tests.client.helpers import readable, wait_until
 from tests.support import running_node
 

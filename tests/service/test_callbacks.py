@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from cps.server.app import Node
+from cps.server.node import Node
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
 from cps.v1 import types_pb2 as t
@@ -250,7 +250,7 @@ def test_stalled_subscriber_is_bounded_and_told_what_it_lost() -> None:
             reader.join(timeout=60)
             live_stream.cancel()
             assert len(received) == writes  # the live subscriber lost nothing
-            queue = node.manager.sessions[stalled.session].events.queue
+            queue = node.sessions.sessions[stalled.session].events.queue
             assert len(queue) <= depth + 1  # bounded, plus one "dropped" marker
             # The stalled one reads at last: somewhere it is told what it lost.
             dropped = 0
@@ -367,17 +367,17 @@ def test_killed_client_is_reaped_and_retention_starts() -> None:
         try:
             assert child.stdout is not None
             orphan_session = int(child.stdout.readline())
-            assert "orphan" in node.manager.checkpoints
+            assert node.directory.lookup("orphan") is not None
             child.kill()
             child.wait(timeout=10)
         finally:
             if child.poll() is None:
                 child.kill()
-        assert "orphan" in node.manager.checkpoints  # not before the reap
+        assert node.directory.lookup("orphan") is not None  # not before the reap
         deadline = time.monotonic() + 10
-        while "orphan" in node.manager.checkpoints and time.monotonic() < deadline:
+        while node.directory.lookup("orphan") is not None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert orphan_session not in node.manager.sessions
+        assert orphan_session not in node.sessions.sessions
         with grpc.insecure_channel(address) as channel:
             with pytest.raises(grpc.RpcError) as caught:
                 Client(channel).open("orphan", flags=RW)

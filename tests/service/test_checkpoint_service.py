@@ -185,7 +185,11 @@ def test_sections_generated_ids_limits_and_default_section(client: Client) -> No
     stub = client.stub
     handle = client.open("sections", attributes(max_sections=2, max_section_id_size=4))
     generated = stub.SectionCreate(
-        pb.SectionCreateRequest(checkpoint_handle=handle, initial_data=b"g")
+        pb.SectionCreateRequest(
+            checkpoint_handle=handle,
+            section_creation_attributes=t.SectionCreationAttributes(),  # no id: generated
+            initial_data=b"g",
+        )
     ).section_id.id
     assert generated and len(generated) <= 4
     fails(lambda: client.create_section(handle, b"toolong"), INVALID, "CL_CKPT_ERR_INVALID_PARAM")

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 import pytest
 
-from cps.server.app import Node
+from cps.server.node import Node
 from cps.v1 import library_service_pb2 as pb
 from cps.v1 import library_service_pb2_grpc as pb_grpc
 from tests.support import seed_error

@@ -1,5 +1,5 @@
-"""A failing disk: the waiting calls fail with CL_CKPT_INTERNAL_ERROR, and the
-change is stored by the next successful commit."""
+"""A failing disk: the waiting calls fail with CL_CKPT_INTERNAL_ERROR and
+nothing they asked for is written, in memory or on disk."""
 
 from __future__ import annotations
 
@@ -17,21 +17,21 @@ from cps.v1 import checkpoint_service_pb2 as pb
 from tests.support import RW, Client, running_node, seed_error, sid
 
 
-def test_failed_commit_fails_the_call_and_is_retried() -> None:
+def test_failed_commit_fails_the_call_and_writes_nothing() -> None:
     with running_node() as node, grpc.insecure_channel(f"127.0.0.1:{node.port}") as channel:
         client = Client(channel)
         handle = client.open("faulty")
         client.create_section(handle, b"a", b"before")
         store = node.journal.store
         real_apply = store.apply
-        failures = [sqlite3.OperationalError("disk I/O error")]
+        failures = [sqlite3.OperationalError("disk I/O error")] * 2
 
-        def apply_failing_once(statements: Sequence[Statement]) -> None:
+        def apply_failing(statements: Sequence[Statement]) -> None:
             if failures:
                 raise failures.pop()
             real_apply(statements)
 
-        store.apply = apply_failing_once  # type: ignore[method-assign]
+        store.apply = apply_failing  # type: ignore[method-assign]
         overwrite = pb.SectionOverwriteRequest(
             checkpoint_handle=handle, section_id=sid(b"a"), data_buffer=b"during"
         )
@@ -39,9 +39,16 @@ def test_failed_commit_fails_the_call_and_is_retried() -> None:
             client.stub.SectionOverwrite(overwrite)
         code, reason, _ = seed_error(caught.value)
         assert (code, reason) == (grpc.StatusCode.INTERNAL, "CL_CKPT_INTERNAL_ERROR")
-        client.create_section(handle, b"b", b"after")  # this commit carries both
+        with pytest.raises(grpc.RpcError) as caught:
+            client.create_section(handle, b"lost", b"x")  # a full disk, say
+        assert seed_error(caught.value)[1] == "CL_CKPT_INTERNAL_ERROR"
+        assert client.read(handle, b"a") == b"before"
+        with pytest.raises(grpc.RpcError) as caught:
+            client.read(handle, b"lost")
+        assert seed_error(caught.value)[1] == "CL_CKPT_ERR_NOT_EXIST"
+        client.create_section(handle, b"b", b"after")  # the disk works again
         rows = dict((section_id, data) for _, section_id, data, *_ in store.load("section"))
-        assert rows == {b"a": b"during", b"b": b"after"}
+        assert rows == {b"a": b"before", b"b": b"after"}
 
 
 def test_notifications_wait_for_the_commit_of_their_change() -> None:

@@ -9,7 +9,6 @@ import pytest
 
 from cps.server.core.errors import ErrorCode
 from cps.server.core.events import SynchronizeCompleted
-from cps.server.core.manager import ReplicaManager
 from cps.server.core.types import (
     CreationFlag,
     ReadElement,
@@ -18,11 +17,11 @@ from cps.server.core.types import (
     WriteElement,
 )
 
-from .conftest import RWC, attributes, fails, read_all
+from .conftest import RWC, Manager, attributes, fails, read_all
 
 
 @pytest.fixture
-def abc(manager: ReplicaManager, handle: int) -> int:
+def abc(manager: Manager, handle: int) -> int:
     """Sections a="aaaa", b="bbbb", c="" in the default checkpoint; the handle."""
     manager.section_create(handle, b"a", None, b"aaaa")
     manager.section_create(handle, b"b", None, b"bbbb")
@@ -30,14 +29,14 @@ def abc(manager: ReplicaManager, handle: int) -> int:
     return handle
 
 
-def contents(manager: ReplicaManager, handle: int) -> dict[bytes, bytes]:
+def contents(manager: Manager, handle: int) -> dict[bytes, bytes]:
     return {s: read_all(manager, handle, s) for s in (b"a", b"b", b"c")}
 
 
 # -- write ----------------------------------------------------------------------
 
 
-def test_write_updates_several_sections_and_offsets(manager: ReplicaManager, abc: int) -> None:
+def test_write_updates_several_sections_and_offsets(manager: Manager, abc: int) -> None:
     manager.write(
         abc,
         [
@@ -49,14 +48,14 @@ def test_write_updates_several_sections_and_offsets(manager: ReplicaManager, abc
     assert contents(manager, abc) == {b"a": b"aXYW", b"b": b"Zbbb", b"c": b""}
 
 
-def test_write_grows_sections(manager: ReplicaManager, abc: int) -> None:
+def test_write_grows_sections(manager: Manager, abc: int) -> None:
     manager.write(abc, [WriteElement(b"a", b"XYZ", 3), WriteElement(b"c", b"new", 0)])
     assert contents(manager, abc)[b"a"] == b"aaaXYZ"
     assert contents(manager, abc)[b"c"] == b"new"
     assert manager.status_get(abc).memory_used == 6 + 4 + 3
 
 
-def test_a_hole_past_the_end_reads_as_zeros(manager: ReplicaManager, abc: int) -> None:
+def test_a_hole_past_the_end_reads_as_zeros(manager: Manager, abc: int) -> None:
     manager.write(abc, [WriteElement(b"a", b"end", 7)])
     assert read_all(manager, abc, b"a") == b"aaaa\0\0\0end"
     assert manager.status_get(abc).memory_used == 10 + 4
@@ -71,7 +70,7 @@ FAILING_ELEMENTS: dict[str, tuple[WriteElement, ErrorCode]] = {
 
 @pytest.mark.parametrize("bad, code", FAILING_ELEMENTS.values(), ids=list(FAILING_ELEMENTS.keys()))
 def test_write_is_all_or_nothing(
-    manager: ReplicaManager, session: int, bad: WriteElement, code: ErrorCode
+    manager: Manager, session: int, bad: WriteElement, code: ErrorCode
 ) -> None:
     h = manager.open(session, "small", attributes(checkpoint_size=100), RWC)
     manager.section_create(h, b"a", None, b"aaaa")
@@ -91,7 +90,7 @@ def test_write_is_all_or_nothing(
 
 
 def test_write_counts_growth_of_earlier_elements_against_checkpoint_size(
-    manager: ReplicaManager, session: int
+    manager: Manager, session: int
 ) -> None:
     h = manager.open(session, "small", attributes(checkpoint_size=150), RWC)
     manager.section_create(h, b"a", None, b"")
@@ -102,7 +101,7 @@ def test_write_counts_growth_of_earlier_elements_against_checkpoint_size(
     assert manager.status_get(h).memory_used == 0
 
 
-def test_empty_iovector_is_invalid(manager: ReplicaManager, abc: int) -> None:
+def test_empty_iovector_is_invalid(manager: Manager, abc: int) -> None:
     with fails(ErrorCode.INVALID_PARAM):
         manager.write(abc, [])
     with fails(ErrorCode.INVALID_PARAM):
@@ -112,7 +111,7 @@ def test_empty_iovector_is_invalid(manager: ReplicaManager, abc: int) -> None:
 # -- overwrite --------------------------------------------------------------------
 
 
-def test_overwrite_sets_the_new_size(manager: ReplicaManager, abc: int) -> None:
+def test_overwrite_sets_the_new_size(manager: Manager, abc: int) -> None:
     manager.overwrite(abc, b"a", b"longer data")
     assert read_all(manager, abc, b"a") == b"longer data"
     manager.overwrite(abc, b"a", b"s")
@@ -122,8 +121,8 @@ def test_overwrite_sets_the_new_size(manager: ReplicaManager, abc: int) -> None:
     assert manager.status_get(abc).memory_used == 1
 
 
-def test_overwrite_makes_a_corrupted_section_valid(manager: ReplicaManager, abc: int) -> None:
-    section = manager.handle(abc).checkpoint.sections[b"a"]
+def test_overwrite_makes_a_corrupted_section_valid(manager: Manager, abc: int) -> None:
+    section = manager.replica(abc).sections[b"a"]
     section.state = SectionState.CORRUPTED
     manager.overwrite(abc, b"a", b"repaired")
     assert section.state is SectionState.VALID
@@ -131,7 +130,7 @@ def test_overwrite_makes_a_corrupted_section_valid(manager: ReplicaManager, abc:
     assert manager.iteration_next(iteration) is None
 
 
-def test_overwrite_errors(manager: ReplicaManager, session: int) -> None:
+def test_overwrite_errors(manager: Manager, session: int) -> None:
     h = manager.open(session, "small", attributes(checkpoint_size=150), RWC)
     manager.section_create(h, b"a", None, bytes(100))
     manager.section_create(h, b"b", None, b"")
@@ -147,7 +146,7 @@ def test_overwrite_errors(manager: ReplicaManager, session: int) -> None:
 # -- read -------------------------------------------------------------------------
 
 
-def test_read_with_offsets_and_sizes(manager: ReplicaManager, abc: int) -> None:
+def test_read_with_offsets_and_sizes(manager: Manager, abc: int) -> None:
     manager.overwrite(abc, b"a", b"0123456789")
     got = manager.read(
         abc,
@@ -162,19 +161,19 @@ def test_read_with_offsets_and_sizes(manager: ReplicaManager, abc: int) -> None:
     assert got == [b"234", b"456789", b"bbbb", b"", b"89"]
 
 
-def test_read_past_the_end_is_invalid(manager: ReplicaManager, abc: int) -> None:
+def test_read_past_the_end_is_invalid(manager: Manager, abc: int) -> None:
     with fails(ErrorCode.INVALID_PARAM) as error:
         manager.read(abc, [ReadElement(b"a", 0, 0), ReadElement(b"b", 5, 1)])
     assert error.value.vector_index == 1
 
 
-def test_read_above_max_section_size_is_invalid(manager: ReplicaManager, abc: int) -> None:
+def test_read_above_max_section_size_is_invalid(manager: Manager, abc: int) -> None:
     with fails(ErrorCode.INVALID_PARAM) as error:
         manager.read(abc, [ReadElement(b"a", 0, 100), ReadElement(b"b", 0, 101)])
     assert error.value.vector_index == 1
 
 
-def test_read_of_a_missing_section_does_not_exist(manager: ReplicaManager, abc: int) -> None:
+def test_read_of_a_missing_section_does_not_exist(manager: Manager, abc: int) -> None:
     with fails(ErrorCode.NOT_EXIST) as error:
         manager.read(abc, [ReadElement(b"a", 0, 0), ReadElement(b"nope", 0, 0)])
     assert error.value.vector_index == 1
@@ -187,7 +186,7 @@ def test_read_of_a_missing_section_does_not_exist(manager: ReplicaManager, abc: 
     "mode", [CreationFlag.WR_ACTIVE_REPLICA, CreationFlag.WR_ACTIVE_REPLICA_WEAK]
 )
 def test_synchronize_asynchronous_checkpoints(
-    manager: ReplicaManager, session: int, mode: CreationFlag
+    manager: Manager, session: int, mode: CreationFlag
 ) -> None:
     h = manager.open(session, "async", attributes(mode), RWC)
     manager.synchronize(h)
@@ -195,9 +194,7 @@ def test_synchronize_asynchronous_checkpoints(
     assert manager.take_events(session) == [SynchronizeCompleted(77, h, None)]
 
 
-def test_synchronize_refused_on_synchronous_checkpoints(
-    manager: ReplicaManager, session: int
-) -> None:
+def test_synchronize_refused_on_synchronous_checkpoints(manager: Manager, session: int) -> None:
     h = manager.open(session, "sync", attributes(CreationFlag.WR_ALL_REPLICAS), RWC)
     with fails(ErrorCode.BAD_OPERATION):
         manager.synchronize(h)
@@ -220,21 +217,21 @@ COLLOCATED = attributes(CreationFlag.WR_ACTIVE_REPLICA, CreationFlag.CHECKPOINT_
     ],
 )
 def test_active_replica_set_refused_unless_collocated(
-    manager: ReplicaManager, session: int, mode: CreationFlag
+    manager: Manager, session: int, mode: CreationFlag
 ) -> None:
     h = manager.open(session, "c", attributes(mode), RWC)
     with fails(ErrorCode.BAD_OPERATION):
         manager.active_replica_set(h)
 
 
-def test_active_replica_set_refused_after_unlink(manager: ReplicaManager, session: int) -> None:
+def test_active_replica_set_refused_after_unlink(manager: Manager, session: int) -> None:
     h = manager.open(session, "c", COLLOCATED, RWC)
     manager.delete(session, "c")
     with fails(ErrorCode.BAD_OPERATION):
         manager.active_replica_set(h)
 
 
-NEEDS_ACTIVE_REPLICA: dict[str, Callable[[ReplicaManager, int], object]] = {
+NEEDS_ACTIVE_REPLICA: dict[str, Callable[[Manager, int], object]] = {
     "status_get": lambda m, h: m.status_get(h),
     "section_create": lambda m, h: m.section_create(h, b"new", None, b""),
     "write": lambda m, h: m.write(h, [WriteElement(b"s", b"x", 0)]),
@@ -248,7 +245,7 @@ NEEDS_ACTIVE_REPLICA: dict[str, Callable[[ReplicaManager, int], object]] = {
     "call", NEEDS_ACTIVE_REPLICA.values(), ids=list(NEEDS_ACTIVE_REPLICA.keys())
 )
 def test_collocated_checkpoint_has_no_active_replica_until_set(
-    manager: ReplicaManager, session: int, call: Callable[[ReplicaManager, int], object]
+    manager: Manager, session: int, call: Callable[[Manager, int], object]
 ) -> None:
     h = manager.open(session, "c", COLLOCATED, RWC)
     with fails(ErrorCode.NOT_EXIST) as error:
@@ -260,7 +257,7 @@ def test_collocated_checkpoint_has_no_active_replica_until_set(
 
 
 def test_synchronous_collocated_checkpoint_has_an_active_replica_at_once(
-    manager: ReplicaManager, session: int
+    manager: Manager, session: int
 ) -> None:
     """Seed 2.2.2: the local replica is the active one for every checkpoint
     but an asynchronous collocated one."""
@@ -271,7 +268,7 @@ def test_synchronous_collocated_checkpoint_has_an_active_replica_at_once(
 
 
 def test_active_replica_set_refused_on_synchronous_collocated_checkpoints(
-    manager: ReplicaManager, session: int
+    manager: Manager, session: int
 ) -> None:
     """SAF AIS (saCkptActiveReplicaSet): BAD_OPERATION unless the checkpoint
     is an asynchronous collocated one."""

@@ -4,14 +4,14 @@ bytes, iovector length."""
 from __future__ import annotations
 
 from cps.server.core.errors import ErrorCode
-from cps.server.core.manager import Limits, ReplicaManager
+from cps.server.core.limits import Limits
 from cps.server.core.types import ReadElement, WriteElement
 
-from .conftest import RW, RWC, FakeClock, attributes, fails
+from .conftest import RW, RWC, MakeManager, attributes, fails
 
 
-def test_max_sessions(clock: FakeClock) -> None:
-    manager = ReplicaManager(clock, Limits(max_sessions=2))
+def test_max_sessions(make_manager: MakeManager) -> None:
+    manager = make_manager(Limits(max_sessions=2))
     first, _ = manager.initialize("B", 1, 1)
     manager.initialize("B", 1, 1)
     with fails(ErrorCode.NO_RESOURCE):
@@ -20,8 +20,8 @@ def test_max_sessions(clock: FakeClock) -> None:
     manager.initialize("B", 1, 1)
 
 
-def test_max_handles_per_session(clock: FakeClock) -> None:
-    manager = ReplicaManager(clock, Limits(max_handles_per_session=2))
+def test_max_handles_per_session(make_manager: MakeManager) -> None:
+    manager = make_manager(Limits(max_handles_per_session=2))
     session, _ = manager.initialize("B", 1, 1)
     first = manager.open(session, "ckpt", attributes(), RWC)
     manager.open(session, "ckpt", None, RW)
@@ -36,8 +36,8 @@ def test_max_handles_per_session(clock: FakeClock) -> None:
     manager.open(session, "ckpt", None, RW)
 
 
-def test_max_checkpoints(clock: FakeClock) -> None:
-    manager = ReplicaManager(clock, Limits(max_checkpoints=2))
+def test_max_checkpoints(make_manager: MakeManager) -> None:
+    manager = make_manager(Limits(max_checkpoints=2))
     session, _ = manager.initialize("B", 1, 1)
     manager.open(session, "a", attributes(), RWC)
     manager.open(session, "b", attributes(), RWC)
@@ -49,16 +49,16 @@ def test_max_checkpoints(clock: FakeClock) -> None:
         manager.open(session, "c", attributes(), RWC)
 
 
-def test_max_checkpoints_frees_a_slot_when_a_checkpoint_goes(clock: FakeClock) -> None:
-    manager = ReplicaManager(clock, Limits(max_checkpoints=1))
+def test_max_checkpoints_frees_a_slot_when_a_checkpoint_goes(make_manager: MakeManager) -> None:
+    manager = make_manager(Limits(max_checkpoints=1))
     session, _ = manager.initialize("B", 1, 1)
     h = manager.open(session, "a", attributes(retention=0.0), RWC)
     manager.close(h)
     manager.open(session, "b", attributes(), RWC)
 
 
-def test_max_reserved_bytes(clock: FakeClock) -> None:
-    manager = ReplicaManager(clock, Limits(max_reserved_bytes=2500))
+def test_max_reserved_bytes(make_manager: MakeManager) -> None:
+    manager = make_manager(Limits(max_reserved_bytes=2500))
     session, _ = manager.initialize("B", 1, 1)
     manager.open(session, "a", attributes(checkpoint_size=1000), RWC)
     b = manager.open(session, "b", attributes(checkpoint_size=1000), RWC)
@@ -74,16 +74,16 @@ def test_max_reserved_bytes(clock: FakeClock) -> None:
     manager.open(session, "d", attributes(checkpoint_size=1000), RWC)
 
 
-def test_a_checkpoint_larger_than_the_node_is_no_memory(clock: FakeClock) -> None:
-    manager = ReplicaManager(clock, Limits(max_reserved_bytes=500))
+def test_a_checkpoint_larger_than_the_node_is_no_memory(make_manager: MakeManager) -> None:
+    manager = make_manager(Limits(max_reserved_bytes=500))
     session, _ = manager.initialize("B", 1, 1)
     with fails(ErrorCode.NO_MEMORY):
         manager.open(session, "a", attributes(checkpoint_size=501), RWC)
     assert manager.reserved_bytes == 0
 
 
-def test_max_iovector_elements(clock: FakeClock) -> None:
-    manager = ReplicaManager(clock, Limits(max_iovector_elements=3))
+def test_max_iovector_elements(make_manager: MakeManager) -> None:
+    manager = make_manager(Limits(max_iovector_elements=3))
     session, _ = manager.initialize("B", 1, 1)
     h = manager.open(session, "a", attributes(), RWC)
     manager.section_create(h, b"s", None, b"")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from cps.server.core.checkpoint import Change
 from cps.server.core.errors import ErrorCode
 from cps.server.core.events import (
     Event,
@@ -15,10 +14,10 @@ from cps.server.core.events import (
     SessionEvents,
     SynchronizeCompleted,
 )
-from cps.server.core.manager import ReplicaManager, Version, VersionMismatch
-from cps.server.core.types import OpenFlag, WriteElement
+from cps.server.core.sessions import Version, VersionMismatch
+from cps.server.core.types import Change, OpenFlag, WriteElement
 
-from .conftest import RW, RWC, START, FakeClock, attributes, fails
+from .conftest import RW, RWC, START, FakeClock, Manager, S, attributes, fails
 
 SUPPORTED = Version("B", 1, 1)
 
@@ -27,7 +26,7 @@ SUPPORTED = Version("B", 1, 1)
 
 @pytest.mark.parametrize("version", [("B", 1, 1), ("B", 1, 0), ("B", 0, 9), ("B", 1, 7)])
 def test_initialize_accepts_compatible_versions(
-    manager: ReplicaManager, version: tuple[str, int, int]
+    manager: Manager, version: tuple[str, int, int]
 ) -> None:
     session, supported = manager.initialize(*version)
     assert supported == SUPPORTED
@@ -36,7 +35,7 @@ def test_initialize_accepts_compatible_versions(
 
 @pytest.mark.parametrize("version", [("A", 1, 1), ("C", 1, 1), ("B", 2, 0)])
 def test_initialize_refuses_incompatible_versions(
-    manager: ReplicaManager, version: tuple[str, int, int]
+    manager: Manager, version: tuple[str, int, int]
 ) -> None:
     with pytest.raises(VersionMismatch) as info:
         manager.initialize(*version)
@@ -46,7 +45,7 @@ def test_initialize_refuses_incompatible_versions(
 
 
 def test_finalize_closes_every_handle_of_the_session(
-    manager: ReplicaManager, clock: FakeClock, session: int
+    manager: Manager, clock: FakeClock, session: int
 ) -> None:
     other, _ = manager.initialize("B", 1, 1)
     mine = [manager.open(session, name, attributes(retention=10.0), RWC) for name in "xy"]
@@ -62,7 +61,7 @@ def test_finalize_closes_every_handle_of_the_session(
     manager.status_get(theirs)
 
 
-def test_finalize_of_an_unknown_session_is_a_bad_handle(manager: ReplicaManager) -> None:
+def test_finalize_of_an_unknown_session_is_a_bad_handle(manager: Manager) -> None:
     with fails(ErrorCode.BAD_HANDLE):
         manager.finalize(999)
 
@@ -70,7 +69,7 @@ def test_finalize_of_an_unknown_session_is_a_bad_handle(manager: ReplicaManager)
 # -- open_async -------------------------------------------------------------------
 
 
-def test_open_async_reports_the_handle(manager: ReplicaManager, session: int) -> None:
+def test_open_async_reports_the_handle(manager: Manager, session: int) -> None:
     manager.open_async(session, 5, "ckpt", attributes(), RWC)
     [event] = manager.take_events(session)
     assert isinstance(event, OpenCompleted)
@@ -78,7 +77,7 @@ def test_open_async_reports_the_handle(manager: ReplicaManager, session: int) ->
     manager.section_create(event.handle, b"s", None, b"")
 
 
-def test_open_async_reports_the_error(manager: ReplicaManager, session: int) -> None:
+def test_open_async_reports_the_error(manager: Manager, session: int) -> None:
     manager.open_async(session, 6, "missing", None, RW)
     [event] = manager.take_events(session)
     assert isinstance(event, OpenCompleted)
@@ -91,7 +90,7 @@ def test_open_async_reports_the_error(manager: ReplicaManager, session: int) -> 
     "flags, code", [(OpenFlag(0), ErrorCode.BAD_FLAG), (RW, ErrorCode.INVALID_PARAM)]
 )
 def test_open_async_parameter_errors_fail_the_call(
-    manager: ReplicaManager, session: int, flags: OpenFlag, code: ErrorCode
+    manager: Manager, session: int, flags: OpenFlag, code: ErrorCode
 ) -> None:
     """Seed 3.5.2 lists BAD_FLAG and INVALID_PARAM as the call's return values."""
     with fails(code):
@@ -99,7 +98,7 @@ def test_open_async_parameter_errors_fail_the_call(
     assert manager.take_events(session) == []
 
 
-def test_open_async_with_an_unknown_session_is_a_bad_handle(manager: ReplicaManager) -> None:
+def test_open_async_with_an_unknown_session_is_a_bad_handle(manager: Manager) -> None:
     with fails(ErrorCode.BAD_HANDLE):
         manager.open_async(999, 1, "ckpt", attributes(), RWC)
 
@@ -112,11 +111,11 @@ def notifications(events: list[Event]) -> list[tuple[int, list[tuple[bytes, Chan
 
 
 def test_registered_handle_is_notified_of_every_change_in_order(
-    manager: ReplicaManager, clock: FakeClock, session: int, handle: int
+    manager: Manager, clock: FakeClock, session: int, handle: int
 ) -> None:
     manager.immediate_consumption_register(handle)
     manager.section_create(handle, b"a", None, b"")
-    manager.section_create(handle, b"b", START + 5, b"")
+    manager.section_create(handle, b"b", START + 5 * S, b"")
     manager.write(handle, [WriteElement(b"b", b"x", 0), WriteElement(b"a", b"y", 0)])
     manager.overwrite(handle, b"a", b"z")
     manager.section_delete(handle, b"a")
@@ -131,9 +130,7 @@ def test_registered_handle_is_notified_of_every_change_in_order(
     ]
 
 
-def test_only_registered_handles_are_notified(
-    manager: ReplicaManager, session: int, handle: int
-) -> None:
+def test_only_registered_handles_are_notified(manager: Manager, session: int, handle: int) -> None:
     other, _ = manager.initialize("B", 1, 1)
     listener = manager.open(other, "ckpt", None, RW)
     manager.open(other, "ckpt", None, RW)  # not registered
@@ -144,9 +141,7 @@ def test_only_registered_handles_are_notified(
     assert event == Notification("ckpt", listener, [(b"s", Change.CREATED)])
 
 
-def test_failed_changes_are_not_notified(
-    manager: ReplicaManager, session: int, handle: int
-) -> None:
+def test_failed_changes_are_not_notified(manager: Manager, session: int, handle: int) -> None:
     manager.immediate_consumption_register(handle)
     with fails(ErrorCode.NOT_EXIST):
         manager.write(handle, [WriteElement(b"nope", b"x", 0)])
@@ -154,7 +149,7 @@ def test_failed_changes_are_not_notified(
 
 
 def test_close_drops_the_pending_notifications_of_the_handle(
-    manager: ReplicaManager, session: int, handle: int
+    manager: Manager, session: int, handle: int
 ) -> None:
     kept = manager.open(session, "ckpt", None, RW)
     for h in (handle, kept):
@@ -165,7 +160,7 @@ def test_close_drops_the_pending_notifications_of_the_handle(
 
 
 def test_close_drops_the_pending_open_completion_of_the_handle(
-    manager: ReplicaManager, session: int
+    manager: Manager, session: int
 ) -> None:
     manager.open_async(session, 1, "ckpt", attributes(), RWC)
     [event] = manager.session(session).events.queue
@@ -175,7 +170,7 @@ def test_close_drops_the_pending_open_completion_of_the_handle(
 
 
 def test_close_drops_the_pending_synchronize_completion_of_the_handle(
-    manager: ReplicaManager, session: int, handle: int
+    manager: Manager, session: int, handle: int
 ) -> None:
     """Seed 3.5.3: close "cancels all pending callbacks that refer directly or
     indirectly to the handle" - the SynchronizeAsync callback included."""
@@ -184,9 +179,7 @@ def test_close_drops_the_pending_synchronize_completion_of_the_handle(
     assert manager.take_events(session) == []
 
 
-def test_finalize_drops_every_pending_callback(
-    manager: ReplicaManager, session: int, handle: int
-) -> None:
+def test_finalize_drops_every_pending_callback(manager: Manager, session: int, handle: int) -> None:
     manager.immediate_consumption_register(handle)
     manager.section_create(handle, b"s", None, b"")
     manager.synchronize_async(handle, 9)
@@ -316,7 +309,7 @@ def test_taken_events_are_numbered_and_kept_for_a_resumed_stream() -> None:
 
 
 def test_a_write_of_one_section_in_several_elements_notifies_it_once(
-    manager: ReplicaManager, session: int
+    manager: Manager, session: int
 ) -> None:
     handle = manager.open(session, "dedupe", attributes(), RWC)
     manager.section_create(handle, b"a", None, b"")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .core.manager import Limits
+from .core.limits import Limits
 
 MiB = 1024 * 1024
 

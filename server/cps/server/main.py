@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from . import config, logs
-from .app import serve
+from .node import serve
 from .storage.sqlite_store import StoreError
 
 

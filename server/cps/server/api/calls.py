@@ -1,5 +1,5 @@
-"""How a servicer method runs a core call: errors become the call's status,
-and a change is acknowledged only once it is durable."""
+"""How a servicer method runs a use case: the caller's identity in, a seed
+error out as the call's status, and the call counted in the metrics."""
 
 from __future__ import annotations
 
@@ -21,83 +21,26 @@ log = logging.getLogger("cps.api")
 Context: TypeAlias = Any
 Request = TypeVar("Request")
 Response = TypeVar("Response")
+S = TypeVar("S")
 
 
-class Durability(Protocol):
-    def durable(self) -> asyncio.Future[None] | None:
-        """Done when every change made so far is stored; None: nothing to wait for."""
-        ...
-
-    async def replicated(self) -> None:
-        """Until every replica holds every change stored so far."""
-        ...
-
-    def check_serving(self) -> None:
-        """Raise CkptError when this node must not serve clients (a standby)."""
-        ...
+def identity(context: Context) -> str:
+    """Who is calling: the authenticated identity, "" when authentication
+    is off (every session then belongs to "")."""
+    return ""
 
 
-class InMemory:
-    """Durability of a node that keeps nothing on disk and has no replicas."""
-
-    def durable(self) -> asyncio.Future[None] | None:
-        return None
-
-    async def replicated(self) -> None:
-        return None
-
-    def check_serving(self) -> None:
-        return None
-
-
-class HasDurability(Protocol):
-    durability: Durability
-
-
-S = TypeVar("S", bound=HasDurability)
-
-
-def seed_call(
-    method: Callable[[S, Request], Response],
+def seed_rpc(
+    method: Callable[[S, Request, str], Awaitable[Response]],
 ) -> Callable[[S, Request, Context], Awaitable[Response]]:
-    """Run a synchronous core call; a CkptError becomes the call's status."""
-    return _handler(method, durable=False)
-
-
-def seed_mutation(
-    method: Callable[[S, Request], Response],
-) -> Callable[[S, Request, Context], Awaitable[Response]]:
-    """As seed_call, then wait until the change is durable before answering."""
-    return _handler(method, durable=True)
-
-
-def seed_replicated(
-    method: Callable[[S, Request], Response],
-) -> Callable[[S, Request, Context], Awaitable[Response]]:
-    """As seed_call, then wait until every replica holds every change stored
-    so far (CheckpointSynchronize)."""
-    return _handler(method, durable=False, replicated=True)
-
-
-def _handler(
-    method: Callable[[S, Request], Response], *, durable: bool, replicated: bool = False
-) -> Callable[[S, Request, Context], Awaitable[Response]]:
+    """Run a use case; a CkptError becomes the call's status."""
     name = method.__name__
 
     @functools.wraps(method)
     async def handler(self: S, request: Request, context: Context) -> Response:
         started = time.perf_counter()
         try:
-            self.durability.check_serving()
-            response = method(self, request)
-            pending = self.durability.durable() if durable else None
-            if pending is not None:
-                try:
-                    await pending
-                except Exception as error:  # storage failed: not the caller's fault
-                    raise CkptError(ErrorCode.INTERNAL, str(error)) from error
-            if replicated:
-                await self.durability.replicated()
+            response = await method(self, request, identity(context))
         except CkptError as error:
             METRICS.observe(name, error.code.value, time.perf_counter() - started)
             log.debug("%s failed: %s", name, error)
@@ -107,3 +50,53 @@ def _handler(
         return response
 
     return handler
+
+
+class Durability(Protocol):
+    def durable(self) -> asyncio.Future[None] | None:
+        """Done when every change made so far is stored; None: nothing to wait for."""
+        ...
+
+
+async def stored(durability: Durability) -> None:
+    """Until what the call changed is stored; a storage failure is the
+    node's, not the caller's."""
+    pending = durability.durable()
+    if pending is not None:
+        try:
+            await pending
+        except Exception as error:
+            raise CkptError(ErrorCode.INTERNAL, str(error)) from error
+
+
+class HasDurability(Protocol):
+    durability: Durability
+
+
+D = TypeVar("D", bound=HasDurability)
+
+
+def seed_call(
+    method: Callable[[D, Request], Response],
+) -> Callable[[D, Request, Context], Awaitable[Response]]:
+    """A synchronous core call (the library API)."""
+
+    async def run(self: D, request: Request, who: str) -> Response:
+        return method(self, request)
+
+    run.__name__ = method.__name__
+    return seed_rpc(run)
+
+
+def seed_mutation(
+    method: Callable[[D, Request], Response],
+) -> Callable[[D, Request, Context], Awaitable[Response]]:
+    """As seed_call, answered once the change is stored."""
+
+    async def run(self: D, request: Request, who: str) -> Response:
+        response = method(self, request)
+        await stored(self.durability)
+        return response
+
+    run.__name__ = method.__name__
+    return seed_rpc(run)

@@ -1,4 +1,4 @@
-"""CheckpointService servicer: protobuf in, core call, protobuf out."""
+"""CheckpointService servicer: protobuf in, use case, protobuf out."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import grpc
 
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.events import Event
-from cps.server.core.manager import ReplicaManager
+from cps.server.service.checkpoints import Checkpoints
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
 from cps.v1 import types_pb2 as t
 
 from . import convert
-from .calls import Durability, InMemory, seed_call, seed_mutation, seed_replicated
+from .calls import identity, seed_rpc
 from .status import to_status
 
 
@@ -33,18 +33,17 @@ _EMPTY_OVERWRITE = pb.SectionOverwriteResponse()
 
 
 class CheckpointService(pb_grpc.CheckpointServiceServicer):
-    def __init__(self, manager: ReplicaManager, durability: Durability | None = None) -> None:
-        self.manager = manager
-        self.durability = durability or InMemory()
-        self._tasks: set[asyncio.Task[None]] = set()  # SynchronizeAsync completions
+    def __init__(self, checkpoints: Checkpoints) -> None:
+        self.checkpoints = checkpoints
 
     # -- sessions ----------------------------------------------------------
 
-    @seed_call
-    def Initialize(self, request: pb.InitializeRequest) -> pb.InitializeResponse:
+    @seed_rpc
+    async def Initialize(self, request: pb.InitializeRequest, who: str) -> pb.InitializeResponse:
+        convert.required(request, "version")
         version = request.version
-        session_id, supported = self.manager.initialize(
-            version.release_code, version.major_version, version.minor_version
+        session_id, supported = self.checkpoints.initialize(
+            version.release_code, version.major_version, who
         )
         return pb.InitializeResponse(
             service_handle=session_id,
@@ -55,20 +54,20 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
             ),
         )
 
-    @seed_call
-    def Finalize(self, request: pb.FinalizeRequest) -> pb.FinalizeResponse:
-        self.manager.finalize(request.service_handle)
+    @seed_rpc
+    async def Finalize(self, request: pb.FinalizeRequest, who: str) -> pb.FinalizeResponse:
+        await self.checkpoints.finalize(request.service_handle, who)
         return pb.FinalizeResponse()
 
     async def Callbacks(
         self, request: pb.CallbacksRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.CallbacksResponse]:
         try:
-            self.durability.check_serving()
-            events = self.manager.session(request.service_handle).events
+            session = self.checkpoints.sessions.session(request.service_handle, identity(context))
         except CkptError as error:
             await context.abort_with_status(to_status(error))
             return
+        events = session.events
         # This stream takes over from any other of the session: a client that
         # reconnects is not locked out by a half-dead stream.
         ready = asyncio.Event()
@@ -97,67 +96,80 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
 
     # -- open / close / delete -------------------------------------------------
 
-    @seed_mutation
-    def CheckpointOpen(self, request: pb.CheckpointOpenRequest) -> pb.CheckpointOpenResponse:
-        handle = self.manager.open(
+    @seed_rpc
+    async def CheckpointOpen(
+        self, request: pb.CheckpointOpenRequest, who: str
+    ) -> pb.CheckpointOpenResponse:
+        handle = await self.checkpoints.open(
             request.service_handle,
             request.checkpoint_name,
             convert.creation_attributes(request),
             convert.open_flags(request.checkpoint_open_flags),
+            who,
         )
         return pb.CheckpointOpenResponse(checkpoint_handle=handle)
 
-    @seed_mutation
-    def CheckpointOpenAsync(
-        self, request: pb.CheckpointOpenAsyncRequest
+    @seed_rpc
+    async def CheckpointOpenAsync(
+        self, request: pb.CheckpointOpenAsyncRequest, who: str
     ) -> pb.CheckpointOpenAsyncResponse:
-        self.manager.open_async(
+        await self.checkpoints.open_async(
             request.service_handle,
             request.invocation,
             request.checkpoint_name,
             convert.creation_attributes(request),
             convert.open_flags(request.checkpoint_open_flags),
+            who,
         )
         return _EMPTY_OPEN_ASYNC
 
-    @seed_call
-    def CheckpointClose(self, request: pb.CheckpointCloseRequest) -> pb.CheckpointCloseResponse:
-        self.manager.close(request.checkpoint_handle)
+    @seed_rpc
+    async def CheckpointClose(
+        self, request: pb.CheckpointCloseRequest, who: str
+    ) -> pb.CheckpointCloseResponse:
+        await self.checkpoints.close(request.checkpoint_handle, who)
         return _EMPTY_CLOSE
 
-    @seed_mutation
-    def CheckpointDelete(self, request: pb.CheckpointDeleteRequest) -> pb.CheckpointDeleteResponse:
-        self.manager.delete(request.service_handle, request.checkpoint_name)
+    @seed_rpc
+    async def CheckpointDelete(
+        self, request: pb.CheckpointDeleteRequest, who: str
+    ) -> pb.CheckpointDeleteResponse:
+        await self.checkpoints.delete(request.service_handle, request.checkpoint_name, who)
         return pb.CheckpointDeleteResponse()
 
-    @seed_mutation
-    def CheckpointRetentionDurationSet(
-        self, request: pb.CheckpointRetentionDurationSetRequest
+    @seed_rpc
+    async def CheckpointRetentionDurationSet(
+        self, request: pb.CheckpointRetentionDurationSetRequest, who: str
     ) -> pb.CheckpointRetentionDurationSetResponse:
         duration = convert.retention(
             request.retention_duration, request.HasField("retention_duration")
         )
-        self.manager.retention_duration_set(request.checkpoint_handle, duration)
+        await self.checkpoints.retention_duration_set(request.checkpoint_handle, duration, who)
         return pb.CheckpointRetentionDurationSetResponse()
 
-    @seed_mutation
-    def ActiveReplicaSet(self, request: pb.ActiveReplicaSetRequest) -> pb.ActiveReplicaSetResponse:
-        self.manager.active_replica_set(request.checkpoint_handle)
+    @seed_rpc
+    async def ActiveReplicaSet(
+        self, request: pb.ActiveReplicaSetRequest, who: str
+    ) -> pb.ActiveReplicaSetResponse:
+        await self.checkpoints.active_replica_set(request.checkpoint_handle, who)
         return pb.ActiveReplicaSetResponse()
 
-    @seed_call
-    def CheckpointStatusGet(
-        self, request: pb.CheckpointStatusGetRequest
+    @seed_rpc
+    async def CheckpointStatusGet(
+        self, request: pb.CheckpointStatusGetRequest, who: str
     ) -> pb.CheckpointStatusGetResponse:
-        descriptor = self.manager.status_get(request.checkpoint_handle)
+        descriptor = await self.checkpoints.status_get(request.checkpoint_handle, who)
         return pb.CheckpointStatusGetResponse(
             checkpoint_status=convert.descriptor_message(descriptor)
         )
 
     # -- sections ------------------------------------------------------------
 
-    @seed_mutation
-    def SectionCreate(self, request: pb.SectionCreateRequest) -> pb.SectionCreateResponse:
+    @seed_rpc
+    async def SectionCreate(
+        self, request: pb.SectionCreateRequest, who: str
+    ) -> pb.SectionCreateResponse:
+        convert.required(request, "section_creation_attributes")
         attributes = request.section_creation_attributes
         section_id = attributes.section_id.id if attributes.HasField("section_id") else None
         expiration = convert.expiration(
@@ -165,78 +177,92 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
             attributes.HasField("expiration_time"),
             default_never=True,
         )
-        created = self.manager.section_create(
-            request.checkpoint_handle, section_id, expiration, request.initial_data
+        created = await self.checkpoints.section_create(
+            request.checkpoint_handle, section_id, expiration, request.initial_data, who
         )
         return pb.SectionCreateResponse(section_id=t.SectionId(id=created))
 
-    @seed_mutation
-    def SectionDelete(self, request: pb.SectionDeleteRequest) -> pb.SectionDeleteResponse:
-        self.manager.section_delete(request.checkpoint_handle, request.section_id.id)
+    @seed_rpc
+    async def SectionDelete(
+        self, request: pb.SectionDeleteRequest, who: str
+    ) -> pb.SectionDeleteResponse:
+        await self.checkpoints.section_delete(
+            request.checkpoint_handle, convert.section_id(request), who
+        )
         return pb.SectionDeleteResponse()
 
-    @seed_mutation
-    def SectionExpirationTimeSet(
-        self, request: pb.SectionExpirationTimeSetRequest
+    @seed_rpc
+    async def SectionExpirationTimeSet(
+        self, request: pb.SectionExpirationTimeSetRequest, who: str
     ) -> pb.SectionExpirationTimeSetResponse:
+        section_id = convert.section_id(request)
         expiration = convert.expiration(
             request.expiration_time, request.HasField("expiration_time"), default_never=False
         )
-        self.manager.section_expiration_time_set(
-            request.checkpoint_handle, request.section_id.id, expiration
+        await self.checkpoints.section_expiration_time_set(
+            request.checkpoint_handle, section_id, expiration, who
         )
         return pb.SectionExpirationTimeSetResponse()
 
-    @seed_call
-    def SectionIterationInitialize(
-        self, request: pb.SectionIterationInitializeRequest
+    @seed_rpc
+    async def SectionIterationInitialize(
+        self, request: pb.SectionIterationInitializeRequest, who: str
     ) -> pb.SectionIterationInitializeResponse:
         time = (
-            convert.time_of(request.expiration_time)
+            convert.time_of(request.expiration_time, "expiration_time")
             if request.HasField("expiration_time")
             else None
         )
-        iteration = self.manager.iteration_initialize(
-            request.checkpoint_handle, convert.sections_chosen(request.sections_chosen), time
+        iteration = await self.checkpoints.iteration_initialize(
+            request.checkpoint_handle, convert.sections_chosen(request.sections_chosen), time, who
         )
         return pb.SectionIterationInitializeResponse(section_iteration_handle=iteration)
 
-    @seed_call
-    def SectionIterationNext(
-        self, request: pb.SectionIterationNextRequest
+    @seed_rpc
+    async def SectionIterationNext(
+        self, request: pb.SectionIterationNextRequest, who: str
     ) -> pb.SectionIterationNextResponse:
-        descriptor = self.manager.iteration_next(request.section_iteration_handle)
+        descriptor = await self.checkpoints.iteration_next(request.section_iteration_handle, who)
         if descriptor is None:
             return pb.SectionIterationNextResponse(no_more_sections=True)
         return pb.SectionIterationNextResponse(
             section_descriptor=convert.section_descriptor_message(descriptor)
         )
 
-    @seed_call
-    def SectionIterationFinalize(
-        self, request: pb.SectionIterationFinalizeRequest
+    @seed_rpc
+    async def SectionIterationFinalize(
+        self, request: pb.SectionIterationFinalizeRequest, who: str
     ) -> pb.SectionIterationFinalizeResponse:
-        self.manager.iteration_finalize(request.section_iteration_handle)
+        self.checkpoints.iteration_finalize(request.section_iteration_handle, who)
         return pb.SectionIterationFinalizeResponse()
 
     # -- data ----------------------------------------------------------------
 
-    @seed_mutation
-    def CheckpointWrite(self, request: pb.CheckpointWriteRequest) -> pb.CheckpointWriteResponse:
-        self.manager.write(request.checkpoint_handle, convert.write_elements(request.io_vector))
+    @seed_rpc
+    async def CheckpointWrite(
+        self, request: pb.CheckpointWriteRequest, who: str
+    ) -> pb.CheckpointWriteResponse:
+        elements = convert.write_elements(request.io_vector)
+        await self.checkpoints.write(request.checkpoint_handle, elements, who)
         return _EMPTY_WRITE
 
-    @seed_mutation
-    def SectionOverwrite(self, request: pb.SectionOverwriteRequest) -> pb.SectionOverwriteResponse:
-        self.manager.overwrite(
-            request.checkpoint_handle, request.section_id.id, request.data_buffer
+    @seed_rpc
+    async def SectionOverwrite(
+        self, request: pb.SectionOverwriteRequest, who: str
+    ) -> pb.SectionOverwriteResponse:
+        await self.checkpoints.overwrite(
+            request.checkpoint_handle, convert.section_id(request), request.data_buffer, who
         )
         return _EMPTY_OVERWRITE
 
-    @seed_call
-    def CheckpointRead(self, request: pb.CheckpointReadRequest) -> pb.CheckpointReadResponse:
+    @seed_rpc
+    async def CheckpointRead(
+        self, request: pb.CheckpointReadRequest, who: str
+    ) -> pb.CheckpointReadResponse:
         vector = request.io_vector
-        data = self.manager.read(request.checkpoint_handle, convert.read_elements(vector))
+        data = await self.checkpoints.read(
+            request.checkpoint_handle, convert.read_elements(vector), who
+        )
         response = pb.CheckpointReadResponse()
         response.io_vector.extend(vector)
         for element, chunk in zip(response.io_vector, data, strict=True):
@@ -244,32 +270,23 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
             element.read_size = len(chunk)
         return response
 
-    @seed_replicated
-    def CheckpointSynchronize(
-        self, request: pb.CheckpointSynchronizeRequest
+    @seed_rpc
+    async def CheckpointSynchronize(
+        self, request: pb.CheckpointSynchronizeRequest, who: str
     ) -> pb.CheckpointSynchronizeResponse:
-        self.manager.synchronize(request.checkpoint_handle)
+        await self.checkpoints.synchronize(request.checkpoint_handle, who)
         return pb.CheckpointSynchronizeResponse()
 
-    @seed_call
-    def CheckpointSynchronizeAsync(
-        self, request: pb.CheckpointSynchronizeAsyncRequest
+    @seed_rpc
+    async def CheckpointSynchronizeAsync(
+        self, request: pb.CheckpointSynchronizeAsyncRequest, who: str
     ) -> pb.CheckpointSynchronizeAsyncResponse:
-        self.manager.synchronize(request.checkpoint_handle)
-        task = asyncio.get_running_loop().create_task(
-            self._report_synchronized(request.checkpoint_handle, request.invocation)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        await self.checkpoints.synchronize_async(request.checkpoint_handle, request.invocation, who)
         return pb.CheckpointSynchronizeAsyncResponse()
 
-    async def _report_synchronized(self, handle: int, invocation: int) -> None:
-        await self.durability.replicated()
-        self.manager.synchronized(handle, invocation)
-
-    @seed_call
-    def ImmediateConsumptionRegister(
-        self, request: pb.ImmediateConsumptionRegisterRequest
+    @seed_rpc
+    async def ImmediateConsumptionRegister(
+        self, request: pb.ImmediateConsumptionRegisterRequest, who: str
     ) -> pb.ImmediateConsumptionRegisterResponse:
-        self.manager.immediate_consumption_register(request.checkpoint_handle)
+        await self.checkpoints.immediate_consumption_register(request.checkpoint_handle, who)
         return pb.ImmediateConsumptionRegisterResponse()

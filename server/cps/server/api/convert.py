@@ -5,13 +5,16 @@ here; every rule about valid combinations lives in the core."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from cps.server.core import events
-from cps.server.core.checkpoint import Change
 from cps.server.core.errors import CkptError, ErrorCode
+from cps.server.core.rules import check_duration, check_time
 from cps.server.core.types import (
+    NANOS_PER_SECOND,
+    Change,
     CheckpointDescriptor,
     CreationAttributes,
     CreationFlag,
@@ -65,24 +68,32 @@ def creation_flags(values: Iterable[int]) -> frozenset[CreationFlag]:
     return frozenset(flags)
 
 
-def seconds(duration: duration_pb2.Duration) -> float:
-    return duration.seconds + duration.nanos / 1e9
+def nanos_of(duration: duration_pb2.Duration, what: str) -> int:
+    if not -999_999_999 <= duration.nanos <= 999_999_999:
+        raise CkptError(ErrorCode.INVALID_PARAM, f"{what}: nanos {duration.nanos} out of range")
+    return duration.seconds * NANOS_PER_SECOND + duration.nanos
 
 
-def duration(value: float) -> duration_pb2.Duration:
+def duration(value: int) -> duration_pb2.Duration:
     result = duration_pb2.Duration()
-    result.FromNanoseconds(round(value * 1e9))
+    result.FromNanoseconds(value)
     return result
 
 
-def timestamp(value: float) -> timestamp_pb2.Timestamp:
+def timestamp(value: int) -> timestamp_pb2.Timestamp:
     result = timestamp_pb2.Timestamp()
-    result.FromNanoseconds(round(value * 1e9))
+    result.FromNanoseconds(value)
     return result
 
 
-def time_of(value: timestamp_pb2.Timestamp) -> float:
-    return value.seconds + value.nanos / 1e9
+def time_of(value: timestamp_pb2.Timestamp, what: str = "time") -> int:
+    """A Timestamp as nanoseconds since the epoch, exactly; a time the model
+    cannot hold is refused here, where it enters (INVALID_PARAM)."""
+    if not 0 <= value.nanos <= 999_999_999:
+        raise CkptError(ErrorCode.INVALID_PARAM, f"{what}: nanos {value.nanos} out of range")
+    nanos = value.seconds * NANOS_PER_SECOND + value.nanos
+    check_time(nanos, what)
+    return nanos
 
 
 def retention(message: t.RetentionDuration, present: bool) -> MaybeForever:
@@ -93,7 +104,9 @@ def retention(message: t.RetentionDuration, present: bool) -> MaybeForever:
         if not message.forever:
             raise CkptError(ErrorCode.INVALID_PARAM, "retention_duration.forever must be true")
         return None
-    return seconds(message.duration)
+    nanos = nanos_of(message.duration, "retention_duration")
+    check_duration(nanos, "retention duration")
+    return nanos
 
 
 def retention_message(value: MaybeForever) -> t.RetentionDuration:
@@ -112,7 +125,7 @@ def expiration(message: t.ExpirationTime, present: bool, *, default_never: bool)
         if not message.never:
             raise CkptError(ErrorCode.INVALID_PARAM, "expiration_time.never must be true")
         return None
-    return time_of(message.at)
+    return time_of(message.at, "expiration_time")
 
 
 def expiration_message(value: MaybeForever) -> t.ExpirationTime:
@@ -175,9 +188,27 @@ def sections_chosen(value: int) -> SectionsChosen:
     return chosen
 
 
+def section_id(message: Any, field: str = "section_id") -> bytes:
+    """A required SectionId (the default section's is present and empty)."""
+    if not message.HasField(field):
+        raise _missing(f"{field} (an empty id names the default section)")
+    return getattr(message, field).id  # type: ignore[no-any-return]
+
+
+def required(message: Any, field: str) -> None:
+    if not message.HasField(field):
+        raise _missing(field)
+
+
 def write_elements(vector: Iterable[t.IOVectorElement]) -> list[WriteElement]:
     elements = []
     for index, element in enumerate(vector):
+        if not element.HasField("section_id"):
+            raise CkptError(
+                ErrorCode.NULL_POINTER,
+                f"element {index}: section_id is required (an empty id names the default section)",
+                vector_index=index,
+            )
         data = element.data_buffer
         if element.data_size not in (0, len(data)):
             raise CkptError(
@@ -191,10 +222,16 @@ def write_elements(vector: Iterable[t.IOVectorElement]) -> list[WriteElement]:
 
 
 def read_elements(vector: Iterable[t.IOVectorElement]) -> list[ReadElement]:
-    return [
-        ReadElement(element.section_id.id, element.data_offset, element.data_size)
-        for element in vector
-    ]
+    elements = []
+    for index, element in enumerate(vector):
+        if not element.HasField("section_id"):
+            raise CkptError(
+                ErrorCode.NULL_POINTER,
+                f"element {index}: section_id is required (an empty id names the default section)",
+                vector_index=index,
+            )
+        elements.append(ReadElement(element.section_id.id, element.data_offset, element.data_size))
+    return elements
 
 
 def callback_message(sequence: int, event: events.Event) -> pb.Callback:

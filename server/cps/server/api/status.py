@@ -8,7 +8,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from cps.server.core.errors import CkptError, ErrorCode
-from cps.server.core.manager import VersionMismatch
+from cps.server.core.sessions import VersionMismatch
 from cps.v1 import types_pb2
 
 ERROR_DOMAIN = "cps.v1"

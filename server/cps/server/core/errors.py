@@ -62,3 +62,23 @@ def no_active_replica(name: str) -> CkptError:
         f"checkpoint {name!r} has no active replica (collocated: call ActiveReplicaSet)",
         metadata={"cause": "no_active_replica"},
     )
+
+
+def not_active(name: str, node: str) -> CkptError:
+    """This node is not (or no longer) the active replica of the checkpoint:
+    the caller looks up the active again and retries."""
+    return CkptError(
+        ErrorCode.TRY_AGAIN,
+        f"node {node} is not the active replica of checkpoint {name!r}",
+        metadata={"cause": "not_active"},
+    )
+
+
+def unknown_outcome(name: str, why: str) -> CkptError:
+    """The node cannot tell whether the change was applied (the seed's
+    timeout: see docs/replication.md)."""
+    return CkptError(
+        ErrorCode.TIMEOUT,
+        f"the outcome of the change of checkpoint {name!r} is unknown: {why}",
+        metadata={"cause": "unknown_outcome"},
+    )

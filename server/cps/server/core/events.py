@@ -10,8 +10,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .checkpoint import Change
 from .errors import CkptError
+from .types import Change
 
 
 @dataclass(slots=True)

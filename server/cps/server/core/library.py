@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .changelog import ChangeLog, NoChangeLog
 from .errors import CkptError, ErrorCode
-from .manager import MAX_NAME_LENGTH
+from .limits import MAX_NAME_LENGTH
 
 
 @dataclass(slots=True)

@@ -1,14 +1,28 @@
-"""Value types of the core: the seed's chapter 3.2 without protobuf."""
+"""Value types of the core: the seed's chapter 3.2 without protobuf.
+
+Times are integer nanoseconds end to end: absolute times since the Unix
+epoch, durations as lengths. ``None`` is the end of time (CL_TIME_END:
+"forever", "never"). The model holds what a signed 64-bit count of
+nanoseconds holds (to 2262-04-11 as an absolute time, about 292 years as a
+duration); a value beyond that is refused where it enters (INVALID_PARAM),
+so it can never break a later call.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 
-# A time or duration that never ends (CL_TIME_END) is None; every other time is
-# seconds: wall-clock seconds since the epoch for absolute times.
-Seconds = float
-MaybeForever = float | None
+Nanos = int
+MaybeForever = int | None  # nanoseconds, or None for the end of time
+
+NANOS_PER_SECOND = 1_000_000_000
+MAX_NANOS = 2**63 - 1
+
+
+def seconds_to_nanos(seconds: float) -> Nanos:
+    """For settings given in seconds (limits, flags); never for client data."""
+    return round(seconds * NANOS_PER_SECOND)
 
 
 class CreationFlag(enum.Enum):
@@ -48,6 +62,16 @@ class SectionsChosen(enum.Enum):
     ANY = 5
 
 
+class Change(enum.Enum):
+    """What happened to a section (reported to immediate consumers)."""
+
+    CREATED = 1
+    WRITTEN = 2
+    OVERWRITTEN = 3
+    DELETED = 4
+    EXPIRED = 5
+
+
 @dataclass(frozen=True, slots=True)
 class CreationAttributes:
     creation_flags: frozenset[CreationFlag]
@@ -60,6 +84,10 @@ class CreationAttributes:
     @property
     def synchronous(self) -> bool:
         return CreationFlag.WR_ALL_REPLICAS in self.creation_flags
+
+    @property
+    def weak(self) -> bool:
+        return CreationFlag.WR_ACTIVE_REPLICA_WEAK in self.creation_flags
 
     @property
     def collocated(self) -> bool:
@@ -92,7 +120,7 @@ class SectionDescriptor:
     expiration_time: MaybeForever
     section_size: int
     section_state: SectionState
-    last_update: Seconds
+    last_update: Nanos
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,13 @@
-"""Group commit: the change log the core writes to, committed in batches.
+"""Group commit: what changed, committed in batches, all or nothing.
 
-Calls that change persisted state mark keys, then await ``durable()``. One
-batch is in flight at a time; everything marked while it commits forms the
-next batch, so concurrent writers share one transaction and one fsync.
+Calls that change stored state say what they changed (server checkpoints:
+``stored``; library checkpoints: ``mark``), then await ``durable()``. One
+batch is in flight at a time; everything changed while it commits forms
+the next, so concurrent writers share one transaction and one fsync.
+
+A batch that fails to commit fails its callers, and the ones after it, and
+the checkpoints they changed are loaded again from the store: an error
+means nothing was written, in memory as on disk.
 """
 
 from __future__ import annotations
@@ -12,19 +17,22 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from cps.server.core import operations as op
 from cps.server.core.changelog import Key
-from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.library import LibraryManager
-from cps.server.core.manager import ReplicaManager
+from cps.server.core.replica import Changes, Ref, Replica
 
-from .mapping import statements_for
-from .replication import Followers
+from .mapping import ServerView, statements_for
 from .sqlite_store import SqliteStore, Statement
 
 log = logging.getLogger("cps.storage")
 
-# After a failed commit, when to try again if no new change comes first.
-RETRY_SECONDS = 1.0
+# Told which checkpoints to load again after a failed commit:
+# (server checkpoint names, library checkpoint names).
+Rollback = Callable[[set[str], set[str]], None]
+
+
+_SERVER_KEYS = frozenset({"checkpoint", "checkpoint-meta", "section"})
 
 
 def _run(actions: list[Callable[[], None]]) -> None:
@@ -40,10 +48,11 @@ class StorageFailed(Exception):
 
 
 class Journal:
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, library: LibraryManager | None = None) -> None:
         self.store = store
-        self.replicas: ReplicaManager | None = None  # None: server checkpoints not kept
-        self.library: LibraryManager | None = None
+        self.library = library
+        self.server: ServerView = {}
+        self.on_rollback: Rollback | None = None
         self._dirty: dict[Key, None] = {}
         self._waiters: list[asyncio.Future[None]] = []
         # Run after the commit of what is dirty now (or, when nothing is, after
@@ -52,32 +61,44 @@ class Journal:
         self._flushing = False
         # The connection is used from this one thread only.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cps-sqlite")
-        self.batches = 0  # committed; also the sequence of the last batch
-        self.followers: Followers | None = None  # standbys, when any may follow
-        self._synchronous = False  # a change of a WR_ALL_REPLICAS checkpoint is dirty
-        self.standby_of: str | None = None  # the primary, while this node is a standby
+        self.batches = 0  # committed
+
+    # -- server checkpoints (service.ports.Persistence) ------------------------
+
+    def stored(self, replica: Replica, operation: op.Operation, changes: Changes) -> None:
+        name = replica.ref.name
+        if isinstance(operation, op.Create):
+            self.server[name] = replica
+            self.mark(("checkpoint", name))
+            return
+        if self.server.get(name) is not replica:
+            return  # an unlinked instance: not stored
+        for section_id, _ in changes:
+            self.mark(("section", name, section_id))
+        match operation:
+            case op.ExpirationSet(section_id):
+                self.mark(("section", name, section_id))
+            case op.Corrupt(section_ids):
+                for section_id in section_ids:
+                    self.mark(("section", name, section_id))
+            case op.SectionCreate() | op.RetentionSet() | op.Promote():
+                self.mark(("checkpoint-meta", name))
+
+    def dropped(self, ref: Ref) -> None:
+        replica = self.server.get(ref.name)
+        if replica is not None and replica.ref == ref:
+            del self.server[ref.name]
+            self.mark(("checkpoint", ref.name))
+
+    # -- library checkpoints (core.changelog.ChangeLog) --------------------------
 
     def mark(self, key: Key, *, synchronous: bool = False) -> None:
         self._dirty[key] = None
-        self._synchronous |= synchronous
         if not self._flushing:
             # Commit even when no caller waits (timers expire sections and
             # checkpoints too); the task runs once the current call is done.
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
-
-    @property
-    def standby(self) -> bool:
-        return self.standby_of is not None
-
-    def check_serving(self) -> None:
-        """A standby serves no client: its store belongs to its primary."""
-        if self.standby_of is not None:
-            raise CkptError(
-                ErrorCode.TRY_AGAIN,
-                f"this node is a standby of {self.standby_of}: call the primary",
-                metadata={"primary": self.standby_of},
-            )
 
     def after_durable(self, action: Callable[[], None]) -> None:
         if self._dirty or self._flushing:
@@ -86,7 +107,7 @@ class Journal:
             action()
 
     def durable(self) -> asyncio.Future[None] | None:
-        """A future done when everything marked so far is committed, or None
+        """A future done when everything changed so far is committed, or None
         if nothing is waiting to be committed."""
         if not self._dirty:
             return None
@@ -101,29 +122,14 @@ class Journal:
                 keys, self._dirty = list(self._dirty), {}
                 waiters, self._waiters = self._waiters, []
                 after, self._after = self._after, []
-                synchronous, self._synchronous = self._synchronous, False
                 try:
                     statements = self._statements(keys)
                     await loop.run_in_executor(self._executor, self.store.apply, statements)
-                except Exception as error:  # the disk, not the caller: report, retry later
+                except Exception as error:  # the disk, not the caller
                     log.error("storage commit failed", exc_info=True)
-                    failure = StorageFailed(f"the node could not store the change: {error}")
-                    for waiter in waiters + self._waiters:
-                        if not waiter.done():
-                            waiter.set_exception(failure)
-                    self._waiters = []
-                    # Keep the keys and the callbacks: the next change retries
-                    # them with its commit.
-                    self._dirty = dict.fromkeys(keys) | self._dirty
-                    self._after = after + self._after
-                    self._synchronous |= synchronous
-                    loop.call_later(RETRY_SECONDS, self._retry)
+                    self._roll_back(keys, waiters, error)
                     break
                 self.batches += 1
-                if self.followers is not None:
-                    self.followers.publish(self.batches, statements)
-                    if synchronous:  # every live replica holds it before the answer
-                        await self.followers.wait_acknowledged(self.batches)
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(None)
@@ -136,41 +142,30 @@ class Journal:
         finally:
             self._flushing = False
 
-    async def apply_from_primary(self, statements: list[Statement]) -> None:
-        """A standby applies a batch of its primary, on the store's thread."""
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.store.apply, statements)
-
-    async def replicated(self) -> None:
-        """Until every follower holds every batch committed so far
-        (CheckpointSynchronize of an asynchronous checkpoint)."""
-        if self.followers is not None:
-            await self.followers.wait_acknowledged(self.batches)
-
-    def snapshot(self) -> list[Statement]:
-        """The whole store as statements, from the state in memory."""
-        assert self.library is not None
-        statements: list[Statement] = [
-            (f"DELETE FROM {table}", ())
-            for table in ("section", "checkpoint", "element", "dataset", "library_checkpoint")
-        ]
-        names = [] if self.replicas is None else list(self.replicas.checkpoints)
-        for name in names:
-            statements += statements_for(("checkpoint", name), self.replicas, self.library)
-        for name in self.library.checkpoints:
-            statements += statements_for(("library", name), self.replicas, self.library)
-        return statements
-
-    def _retry(self) -> None:
-        if self._dirty and not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+    def _roll_back(
+        self, keys: list[Key], waiters: list[asyncio.Future[None]], error: Exception
+    ) -> None:
+        """Fail the batch and every change made after it (they were made on
+        its state), and make memory equal the store again."""
+        keys += list(self._dirty)
+        self._dirty = {}
+        failure = StorageFailed(
+            f"the node could not store the change (nothing was written): {error}"
+        )
+        for waiter in waiters + self._waiters:
+            if not waiter.done():
+                waiter.set_exception(failure)
+        self._waiters = []
+        self._after = []  # they reported changes that are undone
+        server = {str(key[1]) for key in keys if key[0] in _SERVER_KEYS}
+        library = {str(key[1]) for key in keys if key[0] not in _SERVER_KEYS}
+        if self.on_rollback is not None:
+            self.on_rollback(server, library)
 
     def _statements(self, keys: list[Key]) -> list[Statement]:
-        assert self.library is not None
         statements: list[Statement] = []
         for key in keys:
-            statements.extend(statements_for(key, self.replicas, self.library))
+            statements.extend(statements_for(key, self.server, self.library))
         return statements
 
     async def close(self) -> None:

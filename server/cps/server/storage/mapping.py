@@ -11,10 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from cps.server.core.changelog import Key
-from cps.server.core.checkpoint import Checkpoint, Section
 from cps.server.core.library import Dataset, LibraryCheckpoint, LibraryManager
-from cps.server.core.manager import ReplicaManager
-from cps.server.core.types import CreationAttributes, CreationFlag, SectionState
+from cps.server.core.replica import Ref, Replica, Section
+from cps.server.core.types import CreationAttributes, CreationFlag, Nanos, SectionState
 
 from .sqlite_store import SqliteStore, Statement
 
@@ -34,26 +33,28 @@ _UPSERT_ELEMENT = (
 )
 
 
-def statements_for(
-    key: Key, replicas: ReplicaManager | None, library: LibraryManager
-) -> list[Statement]:
+# The server checkpoint stored under each name (the live instance; an
+# unlinked one is not stored: it is gone after a restart anyway).
+ServerView = dict[str, Replica]
+
+
+def statements_for(key: Key, server: ServerView, library: LibraryManager | None) -> list[Statement]:
     kind, name = key[0], str(key[1])
     if kind in ("checkpoint", "checkpoint-meta", "section"):
-        if replicas is None:
-            return []
-        checkpoint = replicas.checkpoints.get(name)
+        replica = server.get(name)
         if kind == "checkpoint":
-            return _whole_checkpoint(name, checkpoint)
+            return _whole_checkpoint(name, replica)
         if kind == "checkpoint-meta":
-            return [] if checkpoint is None else [_checkpoint_meta(checkpoint)]
+            return [] if replica is None else [_checkpoint_meta(replica)]
         section_id = key[2]
         assert isinstance(section_id, bytes)
-        section = None if checkpoint is None else checkpoint.sections.get(section_id)
+        section = None if replica is None else replica.sections.get(section_id)
         if section is None:
             return [
                 ("DELETE FROM section WHERE checkpoint = ? AND section_id = ?", (name, section_id))
             ]
         return [(_UPSERT_SECTION, _section_row(name, section))]
+    assert library is not None
     library_checkpoint = library.checkpoints.get(name)
     if kind == "library":
         return _whole_library_checkpoint(name, library_checkpoint)
@@ -79,14 +80,14 @@ def statements_for(
     return [(_UPSERT_ELEMENT, (name, dataset_id, element_id, data))]
 
 
-def _whole_checkpoint(name: str, checkpoint: Checkpoint | None) -> list[Statement]:
+def _whole_checkpoint(name: str, replica: Replica | None) -> list[Statement]:
     statements: list[Statement] = [
         ("DELETE FROM section WHERE checkpoint = ?", (name,)),
         ("DELETE FROM checkpoint WHERE name = ?", (name,)),
     ]
-    if checkpoint is None:
+    if replica is None:
         return statements
-    attributes = checkpoint.attributes
+    attributes = replica.attributes
     statements.append(
         (
             "INSERT INTO checkpoint VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -97,28 +98,28 @@ def _whole_checkpoint(name: str, checkpoint: Checkpoint | None) -> list[Statemen
                 attributes.max_section_id_size,
                 attributes.max_sections,
                 attributes.max_section_size,
-                checkpoint.retention_duration,
-                int(checkpoint.has_active_replica),
-                checkpoint.generated_ids,
+                replica.retention,
+                int(replica.active is not None),
+                replica.generated_ids,
             ),
         )
     )
     statements.extend(
         ("INSERT INTO section VALUES (?, ?, ?, ?, ?, ?)", _section_row(name, section))
-        for section in checkpoint.sections.values()
+        for section in replica.sections.values()
     )
     return statements
 
 
-def _checkpoint_meta(checkpoint: Checkpoint) -> Statement:
+def _checkpoint_meta(replica: Replica) -> Statement:
     return (
         "UPDATE checkpoint SET retention = ?, has_active_replica = ?, generated_ids = ? "
         "WHERE name = ?",
         (
-            checkpoint.retention_duration,
-            int(checkpoint.has_active_replica),
-            checkpoint.generated_ids,
-            checkpoint.name,
+            replica.retention,
+            int(replica.active is not None),
+            replica.generated_ids,
+            replica.ref.name,
         ),
     )
 
@@ -172,25 +173,37 @@ def _dataset_row(name: str, dataset_id: int, dataset: Dataset) -> tuple[object, 
     )
 
 
-def restore_library(store: SqliteStore, library: LibraryManager) -> None:
+def restore_library(
+    store: SqliteStore, library: LibraryManager, names: set[str] | None = None
+) -> None:
+    """Load the stored library checkpoints (only ``names``, if given,
+    replacing what memory holds of them)."""
     checkpoints = library.checkpoints
+    if names is not None:
+        for name in names:
+            checkpoints.pop(name, None)
     for (name,) in store.load("library_checkpoint"):
-        checkpoints[name] = LibraryCheckpoint(name)
+        if names is None or name in names:
+            checkpoints[name] = LibraryCheckpoint(name)
     for name, dataset_id, group_id, order, data, enabled in store.load("dataset"):
-        checkpoints[name].datasets[dataset_id] = Dataset(group_id, order, data, bool(enabled))
+        if names is None or name in names:
+            checkpoints[name].datasets[dataset_id] = Dataset(group_id, order, data, bool(enabled))
     for name, dataset_id, element_id, data in store.load("element", "element_id"):
-        checkpoints[name].datasets[dataset_id].elements[element_id] = data
+        if names is None or name in names:
+            checkpoints[name].datasets[dataset_id].elements[element_id] = data
 
 
-def restore_checkpoints(
-    store: SqliteStore, replicas: ReplicaManager, minimum_retention: float = 0.0
-) -> int:
-    """Load the stored server checkpoints; their retention timers start (for
-    at least ``minimum_retention``), as nobody has them open. Returns how many
-    were loaded."""
-    restored: dict[str, Checkpoint] = {}
+def load_replicas(
+    store: SqliteStore, node: str, now: Nanos, names: set[str] | None = None
+) -> list[Replica]:
+    """The stored server checkpoints (only ``names``, if given), as replicas
+    of this node with nobody holding them open since ``now``; their refs
+    carry incarnation 0 until the directory gives them one."""
+    replicas: dict[str, Replica] = {}
     for row in store.load("checkpoint"):
         name, flags, size, id_size, sections, section_size, retention, active, generated = row
+        if names is not None and name not in names:
+            continue
         attributes = CreationAttributes(
             creation_flags=frozenset(CreationFlag[flag] for flag in _split(flags)),
             checkpoint_size=size,
@@ -199,13 +212,24 @@ def restore_checkpoints(
             max_section_size=section_size,
             retention_duration=retention,
         )
-        restored[name] = replicas.restore(name, attributes, bool(active), generated)
-    for name, section_id, data, expiration, state, last_update in store.load("section"):
-        restored[name].restore_section(
-            section_id, data, expiration, SectionState(state), last_update
+        replica = Replica(
+            Ref(name, 0),
+            attributes,
+            retention,
+            epoch=1 if active else 0,
+            active=node if active else None,
+            generated_ids=generated,
+            last_close=now,
         )
-    replicas.start_retention_of_restored(minimum_retention)
-    return len(restored)
+        replicas[name] = replica
+    for name, section_id, data, expiration, state, last_update in store.load("section"):
+        holder = replicas.get(name)
+        if holder is not None:
+            holder.sections[section_id] = Section(
+                section_id, data, expiration, last_update, SectionState(state)
+            )
+            holder.memory_used += len(data)
+    return list(replicas.values())
 
 
 def _split(flags: str) -> Iterable[str]:

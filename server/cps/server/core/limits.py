@@ -1,0 +1,24 @@
+"""Node-wide limits; each is a setting (config.py derives one per field)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ClNameT holds at most 256 bytes including its terminating NUL.
+MAX_NAME_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_sessions: int = 10_000
+    max_handles_per_session: int = 10_000
+    max_checkpoints: int = 100_000
+    # Sum of checkpoint_size over the checkpoints this node holds a replica
+    # of, server and library: the memory the node promises to hold.
+    max_reserved_bytes: int = 2 * 1024**3
+    max_sections_per_checkpoint: int = 1_000_000
+    max_section_size: int = 64 * 1024**2
+    max_section_id_size: int = 1024
+    max_iovector_elements: int = 10_000
+    max_iterations_per_handle: int = 1_000
+    max_callback_queue: int = 10_000

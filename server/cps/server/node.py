@@ -1,0 +1,255 @@
+"""The composition root: builds one CPS node from its settings and wires
+the layers together (api over service over core; cluster and storage
+plugged into the service's ports). No behaviour of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cps.v1 import (
+    checkpoint_service_pb2,
+    checkpoint_service_pb2_grpc,
+    library_service_pb2,
+    library_service_pb2_grpc,
+)
+
+from .api.checkpoint_service import CheckpointService
+from .api.library_service import LibraryCheckpointService
+from .cluster.solo import NoForwarder, NoReplication, SoloDirectory
+from .config import Settings
+from .core.clock import LoopClock
+from .core.directory import Member
+from .core.library import LibraryManager
+from .core.replica import Changes, Ref
+from .core.sessions import Sessions
+from .metrics import METRICS, Metrics, serve_metrics
+from .service.active import ActiveReplicas
+from .service.checkpoints import Checkpoints
+from .service.ports import ForeverLease, NoPersistence, Persistence
+from .service.replicas import Replicas
+from .storage.journal import Journal
+from .storage.mapping import load_replicas, restore_library
+from .storage.sqlite_store import SqliteStore
+
+log = logging.getLogger("cps.server")
+
+CHECKPOINT_SERVICE = checkpoint_service_pb2.DESCRIPTOR.services_by_name[
+    "CheckpointService"
+].full_name
+LIBRARY_SERVICE = library_service_pb2.DESCRIPTOR.services_by_name[
+    "LibraryCheckpointService"
+].full_name
+CLIENT_SERVICES = ("", CHECKPOINT_SERVICE, LIBRARY_SERVICE)
+
+
+class Node:
+    """A running node: the grpc.aio server and what it serves."""
+
+    def __init__(self, settings: Settings) -> None:
+        """Open the store and load what it holds; call on the running loop."""
+        self.settings = settings
+        limits = settings.limits
+        self.clock = LoopClock()
+        self.me = Member(settings.node_name, secrets.randbits(63))
+        store = SqliteStore.open(settings.data_dir, settings.sync)
+        self.library = LibraryManager(None, limits.max_section_size)
+        self.journal = Journal(store, self.library)
+        self.library.changelog = self.journal
+        self.journal.on_rollback = self._reload
+        self.persistence: Persistence = (
+            self.journal if settings.persist_server_checkpoints else NoPersistence()
+        )
+        self.directory = SoloDirectory(self.me)
+        self.replicas = Replicas(limits)
+        self.sessions = Sessions(limits)
+        self.active = ActiveReplicas(
+            self.me,
+            self.replicas,
+            self.directory,
+            NoReplication(),
+            self.persistence,
+            ForeverLease(),
+            self.clock,
+            self._deliver,
+        )
+        self.checkpoints = Checkpoints(
+            self.sessions,
+            self.replicas,
+            self.active,
+            self.directory,
+            NoForwarder(),
+            self.clock,
+            limits,
+        )
+        self._load_store()
+        self.health = health.aio.HealthServicer()
+        keepalive_ms = int(settings.keepalive_seconds * 1000)
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
+                ("grpc.keepalive_time_ms", keepalive_ms),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                # Let clients and peers ping every second without being cut off.
+                ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+                # One node per address: a second one on a busy port fails.
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        checkpoint_service_pb2_grpc.add_CheckpointServiceServicer_to_server(
+            CheckpointService(self.checkpoints), self.server
+        )
+        library_service_pb2_grpc.add_LibraryCheckpointServiceServicer_to_server(
+            LibraryCheckpointService(self.library, self.journal), self.server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (CHECKPOINT_SERVICE, LIBRARY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self._reaper: asyncio.Task[None] | None = None
+        self._metrics_server: asyncio.Server | None = None
+        self.metrics_port = 0
+        _register_gauges(METRICS, self)
+        self.port = self.server.add_insecure_port(settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {settings.listen}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        self._reaper = asyncio.create_task(self._reap_idle_sessions())
+        if self.settings.metrics_listen:
+            host, _, port = self.settings.metrics_listen.rpartition(":")
+            self._metrics_server = await serve_metrics(METRICS, host.strip("[]"), int(port))
+            self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
+            log.info("metrics serving", extra={"port": self.metrics_port})
+        for service in CLIENT_SERVICES:
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"listen": self.settings.listen, "port": self.port})
+
+    def _load_store(self) -> None:
+        restore_library(self.journal.store, self.library)
+        if not self.settings.persist_server_checkpoints:
+            return
+        loaded = load_replicas(self.journal.store, self.me.name, self.clock.now())
+        for replica in loaded:
+            name = replica.ref.name
+            record = self.directory.add(
+                name, replica.attributes, epoch=replica.epoch, active=replica.active is not None
+            )
+            replica.ref = Ref(name, record.incarnation)
+            self.replicas.add(replica)
+            self.journal.server[name] = replica
+            if record.active is not None:
+                self.active.restore(record)  # nobody has it open: retention starts
+        log.info(
+            "store loaded",
+            extra={"checkpoints": len(loaded), "path": str(self.journal.store.path)},
+        )
+
+    def _reload(self, server: set[str], library: set[str]) -> None:
+        """A commit failed: memory goes back to what the store holds."""
+        store = self.journal.store
+        if library:
+            restore_library(store, self.library, library)
+        fresh = {
+            replica.ref.name: replica
+            for replica in load_replicas(store, self.me.name, self.clock.now(), server)
+        }
+        for name in server:
+            current = self.journal.server.get(name)
+            if current is None:
+                continue
+            ref = current.ref
+            self.active.stop(ref)
+            replica = fresh.get(name)
+            if replica is None:  # created by the failed batch: it never was
+                self.journal.server.pop(name, None)
+                self.replicas.pop(ref)
+                self.directory.discard(ref.incarnation)
+                continue
+            replica.ref = ref
+            replica.openers, replica.last_close = current.openers, current.last_close
+            self.replicas.add(replica)
+            self.journal.server[name] = replica
+            record = self.directory.get(ref.incarnation)
+            if record is not None and record.active is not None:
+                self.active.restore(record)
+        log.warning("memory reloaded from the store", extra={"checkpoints": sorted(server)})
+
+    def _deliver(self, ref: Ref, changes: Changes) -> None:
+        self.checkpoints.deliver(ref, changes)
+
+    async def stop(self) -> None:
+        """Graceful stop: report NOT_SERVING, let in-flight calls finish
+        within the grace period, then close."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        await self.health.enter_graceful_shutdown()
+        log.info("stopping", extra={"grace_seconds": self.settings.grace_seconds})
+        for session in list(self.sessions.sessions.values()):
+            session.events.close()  # ends callback streams
+        await self.server.stop(self.settings.grace_seconds)
+        await self.journal.close()
+        log.info("stopped")
+
+    async def _reap_idle_sessions(self) -> None:
+        interval = self.settings.session_timeout_seconds / 2
+        while True:
+            await asyncio.sleep(interval)
+            for session_id in await self.checkpoints.reap_idle_sessions():
+                log.info("session reaped", extra={"session": session_id})
+
+
+def _register_gauges(metrics: Metrics, node: Node) -> None:
+    """Read at scrape time: nothing to keep up to date on the call path."""
+    metrics.gauges.clear()  # one node per process (tests start several in turn)
+    sessions, replicas = node.sessions, node.replicas
+    metrics.gauge("cps_sessions", "Open sessions.", lambda: len(sessions.sessions))
+    metrics.gauge(
+        "cps_checkpoint_handles", "Open checkpoint handles.", lambda: len(sessions.handles)
+    )
+    metrics.gauge(
+        "cps_checkpoints", "Server checkpoint replicas held.", lambda: len(replicas.by_ref)
+    )
+    metrics.gauge(
+        "cps_reserved_bytes",
+        "Sum of checkpoint_size of the replicas held (limit: --max-reserved-bytes).",
+        lambda: replicas.reserved_bytes,
+    )
+    metrics.gauge(
+        "cps_section_bytes", "Bytes of section data in the replicas held.", replicas.section_bytes
+    )
+    metrics.gauge(
+        "cps_callback_queue_max",
+        "Longest session callback queue (limit: --max-callback-queue).",
+        lambda: max((len(s.events.queue) for s in sessions.sessions.values()), default=0),
+    )
+    metrics.gauge(
+        "cps_library_checkpoints", "Library checkpoints.", lambda: len(node.library.checkpoints)
+    )
+    metrics.gauge(
+        "cps_storage_commits", "Transactions committed to the store.", lambda: node.journal.batches
+    )
+
+
+async def serve(settings: Settings) -> None:
+    node = Node(settings)
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await node.stop()
