@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROTO_DIR := protos
 PY_OUT := client_py
+# The node-to-node contract is the server's alone.
+PEER_OUT := server
 LISTEN ?= 127.0.0.1:50051
 STAMP := $(VENV)/.installed
 
@@ -19,20 +21,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Regenerate the Python stubs and their typed .pyi from protos/.
+PROTOC := $(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
+	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 proto: $(STAMP)
 	rm -f $(PY_OUT)/cps/v1/*_pb2*.py $(PY_OUT)/cps/v1/*_pb2*.pyi
-	$(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
-		--python_out=$(PY_OUT) --grpc_python_out=$(PY_OUT) \
-		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
-		--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc \
-		--mypy_out=$(PY_OUT) --mypy_grpc_out=$(PY_OUT) \
-		$(PROTO_DIR)/cps/v1/*.proto
+	$(PROTOC) --python_out=$(PY_OUT) --grpc_python_out=$(PY_OUT) \
+		--mypy_out=$(PY_OUT) --mypy_grpc_out=$(PY_OUT) $(PROTO_DIR)/cps/v1/*.proto
+	rm -f $(PEER_OUT)/cps/peer/v1/*_pb2*.py $(PEER_OUT)/cps/peer/v1/*_pb2*.pyi
+	$(PROTOC) --python_out=$(PEER_OUT) --grpc_python_out=$(PEER_OUT) \
+		--mypy_out=$(PEER_OUT) --mypy_grpc_out=$(PEER_OUT) $(PROTO_DIR)/cps/peer/v1/*.proto
 
 # Fails when the committed stubs differ from a fresh generation.
+GENERATED := $(PY_OUT)/cps/v1 $(PEER_OUT)/cps/peer/v1
 proto-check: proto
-	git diff --exit-code -- $(PY_OUT)/cps/v1
-	@test -z "$$(git status --porcelain -- $(PY_OUT)/cps/v1)" || \
-		{ echo "untracked generated files:"; git status --porcelain -- $(PY_OUT)/cps/v1; exit 1; }
+	git diff --exit-code -- $(GENERATED)
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || \
+		{ echo "untracked generated files:"; git status --porcelain -- $(GENERATED); exit 1; }
 
 lint: $(STAMP) breaking
 	$(BIN)/ruff check .

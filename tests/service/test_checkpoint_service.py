@@ -384,7 +384,7 @@ def test_unknown_handles(client: Client) -> None:
 
 
 def test_error_info_reason_matches_status_table() -> None:
-    from cps.server.api.status import STATUS_CODES
+    from cps.server.status import STATUS_CODES
     from cps.server.core.errors import ErrorCode
 
     assert set(STATUS_CODES) == set(ErrorCode)

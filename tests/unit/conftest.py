@@ -32,7 +32,7 @@ from cps.server.core.types import (
 from cps.server.service.active import ActiveReplicas
 from cps.server.service.checkpoints import Checkpoints
 from cps.server.service.ports import ForeverLease, NoPersistence
-from cps.server.service.replicas import Replicas
+from cps.server.core.replicas import Replicas
 
 S = 1_000_000_000  # nanoseconds per second
 START = 1_700_000_000 * S

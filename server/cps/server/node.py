@@ -24,16 +24,16 @@ from .api.checkpoint_service import CheckpointService
 from .api.library_service import LibraryCheckpointService
 from .cluster.solo import NoForwarder, NoReplication, SoloDirectory
 from .config import Settings
-from .core.clock import LoopClock
+from .service.clock import LoopClock
 from .core.directory import Member
 from .core.library import LibraryManager
 from .core.replica import Changes, Ref
+from .core.replicas import Replicas
 from .core.sessions import Sessions
 from .metrics import METRICS, Metrics, serve_metrics
 from .service.active import ActiveReplicas
 from .service.checkpoints import Checkpoints
 from .service.ports import ForeverLease, NoPersistence, Persistence
-from .service.replicas import Replicas
 from .storage.journal import Journal
 from .storage.mapping import load_replicas, restore_library
 from .storage.sqlite_store import SqliteStore

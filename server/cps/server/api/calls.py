@@ -12,8 +12,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.metrics import METRICS
-
-from .status import to_status
+from cps.server.status import to_status
 
 log = logging.getLogger("cps.api")
 

@@ -11,13 +11,13 @@ import grpc
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.events import Event
 from cps.server.service.checkpoints import Checkpoints
+from cps.server.status import to_status
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
 from cps.v1 import types_pb2 as t
 
 from . import convert
 from .calls import identity, seed_rpc
-from .status import to_status
 
 
 def _callbacks(numbered: list[tuple[int, Event]]) -> pb.CallbacksResponse:

@@ -19,11 +19,17 @@ from cps.server.core import operations as op
 from cps.server.core import rules
 from cps.server.core.clock import Clock, Timer
 from cps.server.core.directory import Member, Record
-from cps.server.core.errors import CkptError, ErrorCode, no_active_replica, not_active
+from cps.server.core.errors import (
+    CkptError,
+    ErrorCode,
+    no_active_replica,
+    not_active,
+    unknown_outcome,
+)
 from cps.server.core.replica import Changes, Ref, Replica
+from cps.server.core.replicas import Replicas
 
 from .ports import Directory, Lease, Persistence, Replication
-from .replicas import Replicas
 
 log = logging.getLogger("cps.active")
 
@@ -87,6 +93,7 @@ class ActiveReplicas:
         self.clock = clock
         self.deliver = deliver
         self.serving: dict[Ref, Serving] = {}
+        self._becoming: dict[Ref, tuple[int, asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- the active's side of a call -------------------------------------------
@@ -100,6 +107,9 @@ class ActiveReplicas:
             raise not_active(ref.name, self.me.name)
         if serving.epoch != record.epoch:
             raise not_active(ref.name, self.me.name)  # promotion under way
+        replica = self.replicas.find(ref)
+        if replica is None or replica.epoch != serving.epoch:
+            raise not_active(ref.name, self.me.name)  # sealed by a newer active
         self.lease.check()
         return record
 
@@ -201,7 +211,14 @@ class ActiveReplicas:
             except Exception as error:  # storage failed: not the caller's fault
                 raise CkptError(ErrorCode.INTERNAL, str(error)) from error
         if outcome.replicated is not None:
-            await outcome.replicated
+            await outcome.replicated  # every in-sync replica holds it: safe now
+        elif outcome.durable is not None:
+            # Answered by this node alone: only while it may still be active
+            # (a deposed active's late answer could promise a lost write).
+            try:
+                self.lease.check()
+            except CkptError:
+                raise unknown_outcome("(a checkpoint)", "this node's lease ran out") from None
         return outcome.answer
 
     async def run(self, ref: Ref, call: c.Call) -> rules.Answer | bytes:
@@ -245,6 +262,23 @@ class ActiveReplicas:
         """Serve at the record's epoch: seal the other replicas (they refuse
         the previous active from now on) and catch up from the most advanced
         of them, then promote the replica held here."""
+        ref = Ref(record.name, record.incarnation)
+        serving = self.serving.get(ref)
+        if serving is not None and serving.epoch >= record.epoch:
+            return
+        under_way = self._becoming.get(ref)
+        if under_way is not None and under_way[0] == record.epoch:
+            await asyncio.shield(under_way[1])  # the same takeover, asked twice
+            return
+        task = asyncio.ensure_future(self._become_active(record))
+        self._becoming[ref] = (record.epoch, task)
+        try:
+            await asyncio.shield(task)
+        finally:
+            if self._becoming.get(ref, (0, None))[1] is task:
+                del self._becoming[ref]
+
+    async def _become_active(self, record: Record) -> None:
         await self.replication.seal(record)
         current = self.directory.get(record.incarnation)
         if current is None or current.active != self.me or current.epoch != record.epoch:

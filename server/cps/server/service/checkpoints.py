@@ -21,6 +21,7 @@ from cps.server.core.events import Notification, OpenCompleted, SynchronizeCompl
 from cps.server.core.limits import Limits
 from cps.server.core.operations import Openers
 from cps.server.core.replica import Changes, Ref
+from cps.server.core.replicas import Replicas
 from cps.server.core.rules import check_attributes, check_duration, check_iovector
 from cps.server.core.sessions import SUPPORTED, Handle, Session, Sessions, Version, check_name
 from cps.server.core.types import (
@@ -38,7 +39,6 @@ from cps.server.core.types import (
 from .active import ActiveReplicas, require_active
 from .openers import OpenerReports
 from .ports import Directory, Forwarder, NameTaken
-from .replicas import Replicas
 
 log = logging.getLogger("cps.service")
 

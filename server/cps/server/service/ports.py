@@ -59,6 +59,34 @@ class Directory(Protocol):
         ...
 
 
+class ClusterDirectory(Directory, Protocol):
+    async def set_in_sync(self, record: Record, in_sync: tuple[Member, ...]) -> Record:
+        """Compare-and-swap of the record's in-sync set; raises CkptError
+        when the record changed (TRY_AGAIN) or cannot be written (TIMEOUT)."""
+        ...
+
+
+class Tracking(Protocol):
+    """The cluster's side of the checkpoints this node holds."""
+
+    def track(self, record: Record) -> None:
+        """The record of a checkpoint active here changed: bring new backups
+        up to date, forget removed ones."""
+        ...
+
+    def untrack(self, ref: Ref) -> None:
+        """No longer active for ``ref``."""
+        ...
+
+    def forget(self, ref: Ref) -> None:
+        """This node holds no replica of ``ref`` any more."""
+        ...
+
+    def forget_member(self, member: Member) -> None:
+        """A member left the cluster."""
+        ...
+
+
 class Replication(Protocol):
     """The other replicas of the checkpoints this node is active for."""
 

@@ -72,3 +72,30 @@ def to_status(error: CkptError, code: grpc.StatusCode | None = None) -> grpc.Sta
         code=(code or STATUS_CODES[error.code]).value[0], message=error.message, details=details
     )
     return rpc_status.to_status(status)
+
+
+_BY_REASON = {code.value: code for code in ErrorCode}
+
+
+def seed_error_of(error: grpc.aio.AioRpcError) -> CkptError | None:
+    """The seed error a peer answered with (the inverse of to_status), or
+    None when the status carries none (the peer could not be reached)."""
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                code = _BY_REASON.get(info.reason)
+                if code is None:
+                    return None
+                metadata = dict(info.metadata)
+                index = metadata.pop("erroneous_vector_index", None)
+                return CkptError(
+                    code,
+                    status.message,
+                    vector_index=None if index is None else int(index),
+                    metadata=metadata,
+                )
+    return None

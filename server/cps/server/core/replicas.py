@@ -3,10 +3,10 @@ reserve against the node's limits."""
 
 from __future__ import annotations
 
-from cps.server.core.errors import CkptError, ErrorCode
-from cps.server.core.limits import Limits
-from cps.server.core.replica import Ref, Replica
-from cps.server.core.types import CreationAttributes
+from .errors import CkptError, ErrorCode
+from .limits import Limits
+from .replica import Ref, Replica
+from .types import CreationAttributes
 
 
 class Replicas:
