@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"core"},
     "main": {"config", "logs", "node", "storage"},
     "node": {"*"},
+    "cluster_parts": {"*"},
     "__init__": set(),
 }
 # Third-party packages a layer must not touch.

@@ -26,10 +26,12 @@ class Settings:
     sync: str
     metrics_listen: str
     node_name: str
-    standby_of: str
-    failover_seconds: float
+    advertise: str
+    etcd_endpoints: tuple[str, ...]
+    cluster_name: str
+    replicas: int
+    lease_ttl_seconds: float
     replica_timeout_seconds: float
-    failover_grace_seconds: float
     limits: Limits
 
 
@@ -106,32 +108,36 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument(
         "--node-name",
         default="",
-        help="this node's name in replication (default: host:port it listens on)",
+        help="this node's name in the cluster (default: the address it advertises)",
     )
     parser.add_argument(
-        "--standby-of",
+        "--advertise",
         default="",
-        help="HOST:PORT of a primary to follow as a standby (empty: this node is a primary)",
+        help="HOST:PORT other nodes and clients reach this node at (default: the listen "
+        "address with the port it bound)",
     )
     parser.add_argument(
-        "--failover-seconds",
+        "--etcd-endpoints",
+        default="",
+        help="H1:P1,H2:P2,... of the etcd cluster that coordinates the CPS cluster "
+        "(empty: a single node, nothing else needed)",
+    )
+    parser.add_argument("--cluster-name", default="cps", help="the CPS cluster to join")
+    parser.add_argument(
+        "--replicas", type=int, default=2, help="replicas of each checkpoint (the active included)"
+    )
+    parser.add_argument(
+        "--lease-ttl",
         type=float,
         default=3.0,
-        help="a standby takes over when its primary is unreachable this long (0: never, "
-        "a backup copy only)",
+        help="seconds: a node that stops renewing its lease this long is taken over",
     )
     parser.add_argument(
         "--replica-timeout-seconds",
         type=float,
-        default=2.0,
-        help="a standby that does not acknowledge a synchronous batch this fast is dropped",
-    )
-    parser.add_argument(
-        "--failover-grace-seconds",
-        type=float,
-        default=30.0,
-        help="after taking over, retention timers run at least this long, so that "
-        "clients can reopen their checkpoints",
+        default=1.0,
+        help="a replica that does not acknowledge a synchronous write this fast leaves "
+        "the in-sync set",
     )
     defaults = Limits()
     for field in fields(Limits):
@@ -157,10 +163,12 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         persist_server_checkpoints=args.persist_server_checkpoints,
         sync=args.sync.upper(),
         metrics_listen=args.metrics_listen,
-        node_name=args.node_name or args.listen,
-        standby_of=args.standby_of,
-        failover_seconds=args.failover_seconds,
+        node_name=args.node_name,
+        advertise=args.advertise,
+        etcd_endpoints=tuple(e for e in args.etcd_endpoints.split(",") if e),
+        cluster_name=args.cluster_name,
+        replicas=args.replicas,
+        lease_ttl_seconds=args.lease_ttl,
         replica_timeout_seconds=args.replica_timeout_seconds,
-        failover_grace_seconds=args.failover_grace_seconds,
         limits=limits,
     )

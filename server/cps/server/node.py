@@ -8,6 +8,8 @@ import asyncio
 import logging
 import secrets
 import signal
+import socket
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -33,10 +35,21 @@ from .core.sessions import Sessions
 from .metrics import METRICS, Metrics, serve_metrics
 from .service.active import ActiveReplicas
 from .service.checkpoints import Checkpoints
-from .service.ports import ForeverLease, NoPersistence, Persistence
+from .service.ports import (
+    Directory,
+    ForeverLease,
+    Forwarder,
+    Lease,
+    NoPersistence,
+    Persistence,
+    Replication,
+)
 from .storage.journal import Journal
 from .storage.mapping import load_replicas, restore_library
 from .storage.sqlite_store import SqliteStore
+
+if TYPE_CHECKING:
+    from .cluster_parts import ClusterParts
 
 log = logging.getLogger("cps.server")
 
@@ -57,25 +70,44 @@ class Node:
         self.settings = settings
         limits = settings.limits
         self.clock = LoopClock()
-        self.me = Member(settings.node_name, secrets.randbits(63))
+        self.server = _grpc_server(settings)
+        self.port = self.server.add_insecure_port(settings.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {settings.listen}")
+        self.advertise = settings.advertise or _advertise(settings.listen, self.port)
+        self.me = Member(settings.node_name or self.advertise, secrets.randbits(63))
         store = SqliteStore.open(settings.data_dir, settings.sync)
         self.library = LibraryManager(None, limits.max_section_size)
         self.journal = Journal(store, self.library)
         self.library.changelog = self.journal
         self.journal.on_rollback = self._reload
-        self.persistence: Persistence = (
-            self.journal if settings.persist_server_checkpoints else NoPersistence()
-        )
-        self.directory = SoloDirectory(self.me)
         self.replicas = Replicas(limits)
         self.sessions = Sessions(limits)
+        self.cluster: ClusterParts | None = None
+        if settings.etcd_endpoints:
+            # The other replicas are the redundancy: server checkpoints live
+            # in memory on each of them (docs/replication.md).
+            from .cluster_parts import ClusterParts  # etcd only in cluster mode
+
+            self.persistence: Persistence = NoPersistence()
+            self.cluster = ClusterParts(self, settings)
+            self.directory: Directory = self.cluster.directory
+            replication: Replication = self.cluster.replication
+            lease: Lease = self.cluster.membership
+            forwarder: Forwarder = self.cluster.forwarder
+        else:
+            self.persistence = (
+                self.journal if settings.persist_server_checkpoints else NoPersistence()
+            )
+            self.directory = self.solo = SoloDirectory(self.me)
+            replication, lease, forwarder = NoReplication(), ForeverLease(), NoForwarder()
         self.active = ActiveReplicas(
             self.me,
             self.replicas,
             self.directory,
-            NoReplication(),
+            replication,
             self.persistence,
-            ForeverLease(),
+            lease,
             self.clock,
             self._deliver,
         )
@@ -84,27 +116,16 @@ class Node:
             self.replicas,
             self.active,
             self.directory,
-            NoForwarder(),
+            forwarder,
             self.clock,
             limits,
         )
-        self._load_store()
+        if self.cluster is None:
+            self._load_store()
+        else:
+            restore_library(self.journal.store, self.library)
+            self.cluster.wire(self)
         self.health = health.aio.HealthServicer()
-        keepalive_ms = int(settings.keepalive_seconds * 1000)
-        self.server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", settings.max_message_bytes),
-                ("grpc.max_send_message_length", settings.max_message_bytes),
-                ("grpc.keepalive_time_ms", keepalive_ms),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                # Let clients and peers ping every second without being cut off.
-                ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.max_pings_without_data", 0),
-                # One node per address: a second one on a busy port fails.
-                ("grpc.so_reuseport", 0),
-            ]
-        )
         checkpoint_service_pb2_grpc.add_CheckpointServiceServicer_to_server(
             CheckpointService(self.checkpoints), self.server
         )
@@ -112,17 +133,16 @@ class Node:
             LibraryCheckpointService(self.library, self.journal), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (CHECKPOINT_SERVICE, LIBRARY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
-            self.server,
-        )
+        services = [CHECKPOINT_SERVICE, LIBRARY_SERVICE, health.SERVICE_NAME]
+        if self.cluster is not None:
+            from .cluster_parts import PEER_SERVICE
+
+            services.append(PEER_SERVICE)
+        reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), self.server)
         self._reaper: asyncio.Task[None] | None = None
         self._metrics_server: asyncio.Server | None = None
         self.metrics_port = 0
         _register_gauges(METRICS, self)
-        self.port = self.server.add_insecure_port(settings.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {settings.listen}")
 
     async def start(self) -> None:
         await self.server.start()
@@ -132,9 +152,29 @@ class Node:
             self._metrics_server = await serve_metrics(METRICS, host.strip("[]"), int(port))
             self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
             log.info("metrics serving", extra={"port": self.metrics_port})
+        if self.cluster is None:
+            await self._set_health(True)
+        else:
+            await self._set_health(False)
+            await self.cluster.start(self)
+        log.info(
+            "serving",
+            extra={
+                "listen": self.settings.listen,
+                "port": self.port,
+                "node": self.me.name,
+                "advertise": self.advertise,
+            },
+        )
+
+    async def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in CLIENT_SERVICES:
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra={"listen": self.settings.listen, "port": self.port})
+            await self.health.set(service, status)
 
     def _load_store(self) -> None:
         restore_library(self.journal.store, self.library)
@@ -143,7 +183,7 @@ class Node:
         loaded = load_replicas(self.journal.store, self.me.name, self.clock.now())
         for replica in loaded:
             name = replica.ref.name
-            record = self.directory.add(
+            record = self.solo.add(
                 name, replica.attributes, epoch=replica.epoch, active=replica.active is not None
             )
             replica.ref = Ref(name, record.incarnation)
@@ -175,7 +215,7 @@ class Node:
             if replica is None:  # created by the failed batch: it never was
                 self.journal.server.pop(name, None)
                 self.replicas.pop(ref)
-                self.directory.discard(ref.incarnation)
+                self.solo.discard(ref.incarnation)
                 continue
             replica.ref = ref
             replica.openers, replica.last_close = current.openers, current.last_close
@@ -194,6 +234,8 @@ class Node:
         within the grace period, then close."""
         if self._reaper is not None:
             self._reaper.cancel()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
         await self.health.enter_graceful_shutdown()
@@ -253,3 +295,28 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await node.stop()
+
+
+def _grpc_server(settings: Settings) -> grpc.aio.Server:
+    keepalive_ms = int(settings.keepalive_seconds * 1000)
+    return grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.keepalive_time_ms", keepalive_ms),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            # Let clients and peers ping every second without being cut off.
+            ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            # One node per address: a second one on a busy port fails.
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+
+
+def _advertise(listen: str, port: int) -> str:
+    host = listen.rpartition(":")[0]
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"

@@ -22,3 +22,6 @@ class Limits:
     max_iovector_elements: int = 10_000
     max_iterations_per_handle: int = 1_000
     max_callback_queue: int = 10_000
+    # Bytes shipped to one peer and not acknowledged yet: past this the peer
+    # is too far behind; it leaves the in-sync sets and is sent whole again.
+    max_peer_queue_bytes: int = 256 * 1024**2

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 from cps.server.core import calls as c
@@ -72,6 +72,8 @@ class Checkpoints:
         # while it moves (a failover), before TRY_AGAIN.
         self.reroute_seconds = reroute_seconds
         self.me = directory.me
+        # Raises TRY_AGAIN while the node cannot answer (joining a cluster).
+        self.ready_check: Callable[[], None] = lambda: None
         self.openers = OpenerReports(
             self.me.name,
             sessions,
@@ -87,6 +89,7 @@ class Checkpoints:
     async def route(self, ref: Ref, call: c.Call) -> object:
         """Run ``call`` on the active replica of ``ref``, wherever it is,
         following it while it moves."""
+        self.ready_check()
         deadline: float | None = None
         pause = 0.02
         while True:
@@ -178,6 +181,7 @@ class Checkpoints:
         flags: OpenFlag,
     ) -> int:
         self.sessions.check_handle_room(session)
+        self.ready_check()
         record = self.directory.lookup(name) or await self.directory.find(name)
         if record is None:
             if attributes is None:
@@ -265,6 +269,7 @@ class Checkpoints:
     async def delete(self, session_id: int, name: str, who: str = "") -> None:
         self.sessions.session(session_id, who)
         check_name(name)
+        self.ready_check()
         record = self.directory.lookup(name) or await self.directory.find(name)
         if record is None:
             raise CkptError(ErrorCode.NOT_EXIST, f"checkpoint {name!r} does not exist")

@@ -1,0 +1,138 @@
+"""The composition of a cluster node (--etcd-endpoints): the etcd client,
+membership, directory, director, replication and the peer service, wired
+into the node. Imported only in cluster mode, so a single node never loads
+the etcd stubs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+from cps.peer.v1 import peer_pb2, peer_pb2_grpc
+
+from .cluster.backup import Backups
+from .cluster.channels import Channels
+from .cluster.director import Director
+from .cluster.directory import EtcdDirectory
+from .cluster.etcd import Etcd
+from .cluster.forwarder import Forwarder
+from .cluster.membership import Membership
+from .cluster.peer_server import PeerGate, PeerService
+from .cluster.records import Keys
+from .cluster.replication import Replication
+from .config import Settings
+from .core.errors import CkptError, ErrorCode
+from .service.coordinator import Coordinator
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("cps.cluster")
+
+PEER_SERVICE = peer_pb2.DESCRIPTOR.services_by_name["PeerService"].full_name
+
+
+def _version() -> str:
+    try:
+        return metadata.version("cps")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class ClusterParts:
+    def __init__(self, node: Node, settings: Settings) -> None:
+        keys = Keys(settings.cluster_name)
+        self.etcd = Etcd(settings.etcd_endpoints)
+        # etcd leases are whole seconds.
+        ttl = max(1, round(settings.lease_ttl_seconds))
+        self.membership = Membership(self.etcd, keys, node.me, node.advertise, _version(), ttl)
+        self.directory = EtcdDirectory(self.etcd, keys, self.membership, settings.replicas)
+        self.channels = Channels(settings.max_message_bytes)
+        self.backups = Backups(node.replicas, node._deliver)
+        self.replication = Replication(
+            node.replicas,
+            self.directory,
+            self.membership,
+            self.channels,
+            self.backups,
+            timeout=settings.replica_timeout_seconds,
+            max_link_bytes=settings.limits.max_peer_queue_bytes,
+        )
+        # A forwarded write may wait for the replicas of its active, and for
+        # the record change that drops a slow one.
+        self.forwarder = Forwarder(
+            self.membership, self.channels, timeout=4 * settings.replica_timeout_seconds + 5
+        )
+        self.director = Director(
+            self.etcd, keys, self.membership, self.directory, settings.replicas
+        )
+        self._health: asyncio.Task[None] | None = None
+
+    def wire(self, node: Node) -> None:
+        """Once the node's use cases exist."""
+        self.coordinator = Coordinator(
+            self.directory,
+            node.replicas,
+            node.active,
+            self.replication,
+            node.checkpoints.openers,
+            node.clock,
+        )
+        self.directory.on_members.append(self.coordinator.members_changed)
+        self.directory.on_record.append(self.coordinator.record_changed)
+        peer_pb2_grpc.add_PeerServiceServicer_to_server(
+            PeerService(
+                lambda: node.me,
+                node.replicas,
+                self.backups,
+                node.active.run,
+                node.active.stop,
+                PeerGate(None),
+            ),
+            node.server,
+        )
+        node.checkpoints.ready_check = self.check_ready
+
+    def check_ready(self) -> None:
+        if not self.directory.loaded.is_set():
+            raise CkptError(
+                ErrorCode.TRY_AGAIN, "this node is joining the cluster: try again or another node"
+            )
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.directory.loaded.is_set()
+            and self.membership.valid()
+            and self.coordinator.settled
+        )
+
+    async def start(self, node: Node) -> None:
+        await self.membership.join()
+        await self.directory.start()
+        self.director.start()
+        self._health = asyncio.create_task(self._report_health(node))
+
+    async def _report_health(self, node: Node) -> None:
+        """grpc.health.v1 follows readiness: NOT_SERVING while joining,
+        catching up, or without a lease."""
+        serving: bool | None = None
+        while True:
+            now = self.ready
+            if now != serving:
+                serving = now
+                await node._set_health(now)
+                log.info("health", extra={"serving": now})
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+        await self.director.stop()
+        await self.membership.leave()  # the others take over at once
+        await self.directory.stop()
+        await self.replication.close()
+        await self.channels.close()
+        await self.etcd.close()
