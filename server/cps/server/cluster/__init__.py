@@ -1,0 +1,1 @@
+"""Cluster mode: membership, director election and checkpoint records in etcd."""
