@@ -88,6 +88,8 @@ class TcpProxy:
     # --- control (any thread) ---------------------------------------------
 
     def start(self) -> TcpProxy:
+        if self._thread.is_alive():
+            return self
         self._thread.start()
         self._call(self._start())
         return self

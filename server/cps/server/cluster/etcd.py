@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-DEFAULT_CALL_TIMEOUT: Final = 5.0
+DEFAULT_CALL_TIMEOUT: Final = 2.0
 DEFAULT_PAGE_SIZE: Final = 1000
 
 # etcd's rpctypes.MetadataRequireLeaderKey / MetadataHasLeader: a member
@@ -809,7 +809,7 @@ class Etcd:
                     prev_kv=prev_kv,
                     progress_notify=True,
                 )
-                await call.write(rpc_pb2.WatchRequest(create_request=create))
+                await _send(call, rpc_pb2.WatchRequest(create_request=create))
                 created = False
                 while True:
                     response = await call.read()
@@ -1066,8 +1066,18 @@ class KeepAlive:
                 call.cancel()
 
 
+async def _send(call: Any, request: Any) -> None:
+    """Write on a stream; a stream that already ended raises its AioRpcError
+    (or _StreamBroken), not grpc's InvalidStateError."""
+    try:
+        await call.write(request)
+    except asyncio.InvalidStateError:
+        await call.read()  # raises the call's AioRpcError when it failed
+        raise _StreamBroken("stream already finished") from None
+
+
 async def _round_trip(call: Any, request: rpc_pb2.LeaseKeepAliveRequest) -> Any:
-    await call.write(request)
+    await _send(call, request)
     response = await call.read()
     if response is aio.EOF:
         raise _StreamBroken("keepalive stream ended")
