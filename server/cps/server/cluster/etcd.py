@@ -1026,6 +1026,13 @@ class KeepAlive:
             await asyncio.sleep(left)
 
     async def _run(self) -> None:
+        try:
+            await self._keep_sending()
+        except Exception:
+            # Not expected; the watchdog still gives the lease up at its deadline.
+            log.exception("etcd: keepalive of lease %x stopped", self.lease_id)
+
+    async def _keep_sending(self) -> None:
         request = rpc_pb2.LeaseKeepAliveRequest(ID=self.lease_id)
         backoff = _BACKOFF_FIRST
         while True:
