@@ -37,6 +37,7 @@ from cps.server.cluster.etcd import (
     op_delete,
     op_get,
     op_put,
+    parse_endpoints,
     prefix_end,
 )
 from tests.cluster.harness import EtcdCluster, TcpProxy, free_ports
@@ -143,6 +144,17 @@ def test_put_get_delete_and_paginated_prefix(etcd_cluster: EtcdCluster) -> None:
             assert await etcd.get(prefix + b"other") is not None
 
     run(scenario())
+
+
+def test_parse_endpoints() -> None:
+    assert parse_endpoints("http://a:1, b:2,a:1") == ["a:1", "b:2"]
+    assert parse_endpoints(["a:1,b:2", "c:3"]) == ["a:1", "b:2", "c:3"]
+    with pytest.raises(ValueError):
+        parse_endpoints(" , ")
+    with pytest.raises(ValueError):
+        parse_endpoints("hostonly")
+    with pytest.raises(ValueError):
+        Etcd("https://a:1")  # TLS without credentials
 
 
 def test_prefix_end() -> None:

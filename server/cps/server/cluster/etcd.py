@@ -420,6 +420,11 @@ class Etcd:
     ) -> None:
         if call_timeout <= 0:
             raise ValueError("call_timeout must be positive")
+        raw = [endpoints] if isinstance(endpoints, str) else list(endpoints)
+        if credentials is None and any("https://" in item for item in raw):
+            raise ValueError(
+                "https:// etcd endpoints need credentials (grpc.ssl_channel_credentials)"
+            )
         self.call_timeout = call_timeout
         self.page_size = page_size
         self._endpoints = [_Endpoint(a, credentials) for a in parse_endpoints(endpoints)]
