@@ -6,10 +6,16 @@ PROTO_DIR := protos
 PY_OUT := client_py
 # The node-to-node contract is the server's alone.
 PEER_OUT := server
+# etcd's API subset (wire compatible): the .proto files sit beside their
+# generated Python, outside protos/ (docs/etcd-client.md).
+ETCD_SRC := server
+ETCD_PKG := $(ETCD_SRC)/cps/server/cluster/etcdpb
+PROTOC_MYPY := --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
+	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
 LISTEN ?= 127.0.0.1:50051
 STAMP := $(VENV)/.installed
 
-.PHONY: toolchains install proto proto-check lint test run bench bench-quick bench-proto clean stubs breaking
+.PHONY: toolchains install proto proto-check lint test run bench bench-quick clean stubs breaking
 
 # Editable install with the dev tools, redone when pyproject.toml changes.
 install: $(STAMP)
@@ -20,20 +26,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Regenerate the Python stubs and their typed .pyi from protos/.
-PROTOC := $(BIN)/python -m grpc_tools.protoc -I $(PROTO_DIR) \
-	--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
-	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc
+# Regenerate the Python stubs and their typed .pyi: cps.v1 from protos/, the
+# node-to-node contract cps.peer.v1 into server/ (the server's alone), and
+# cps.server.cluster.etcdpb from the etcd subset beside it (services only in
+# rpc.proto, so kv.proto gets no empty _grpc module).
+PROTOC := $(BIN)/python -m grpc_tools.protoc $(PROTOC_MYPY)
 proto: $(STAMP)
 	rm -f $(PY_OUT)/cps/v1/*_pb2*.py $(PY_OUT)/cps/v1/*_pb2*.pyi
-	$(PROTOC) --python_out=$(PY_OUT) --grpc_python_out=$(PY_OUT) \
+	$(PROTOC) -I $(PROTO_DIR) --python_out=$(PY_OUT) --grpc_python_out=$(PY_OUT) \
 		--mypy_out=$(PY_OUT) --mypy_grpc_out=$(PY_OUT) $(PROTO_DIR)/cps/v1/*.proto
 	rm -f $(PEER_OUT)/cps/peer/v1/*_pb2*.py $(PEER_OUT)/cps/peer/v1/*_pb2*.pyi
-	$(PROTOC) --python_out=$(PEER_OUT) --grpc_python_out=$(PEER_OUT) \
+	$(PROTOC) -I $(PROTO_DIR) --python_out=$(PEER_OUT) --grpc_python_out=$(PEER_OUT) \
 		--mypy_out=$(PEER_OUT) --mypy_grpc_out=$(PEER_OUT) $(PROTO_DIR)/cps/peer/v1/*.proto
+	rm -f $(ETCD_PKG)/*_pb2*.py $(ETCD_PKG)/*_pb2*.pyi
+	$(PROTOC) -I $(ETCD_SRC) --python_out=$(ETCD_SRC) --mypy_out=$(ETCD_SRC) \
+		$(ETCD_PKG)/kv.proto $(ETCD_PKG)/rpc.proto
+	$(PROTOC) -I $(ETCD_SRC) --grpc_python_out=$(ETCD_SRC) --mypy_grpc_out=$(ETCD_SRC) \
+		$(ETCD_PKG)/rpc.proto
 
 # Fails when the committed stubs differ from a fresh generation.
-GENERATED := $(PY_OUT)/cps/v1 $(PEER_OUT)/cps/peer/v1
+GENERATED := $(PY_OUT)/cps/v1 $(PEER_OUT)/cps/peer/v1 $(ETCD_PKG)
 proto-check: proto
 	git diff --exit-code -- $(GENERATED)
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || \
@@ -81,14 +93,6 @@ bench: $(STAMP)
 # A short run (1 s per scenario, in-flight 1 and 16), printed only.
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
-
-# Regenerate the committed etcd KV stubs (message classes and typed .pyi) used
-# by the etcd reference of the benchmark.
-bench-proto: $(STAMP)
-	rm -f bench/gen/*_pb2*.py bench/gen/*_pb2*.pyi
-	$(BIN)/python -m grpc_tools.protoc -I bench/protos --python_out=bench/gen \
-		--plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=bench/gen \
-		bench/protos/etcd_kv.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

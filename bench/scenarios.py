@@ -12,9 +12,9 @@ from collections.abc import Collection, Sequence
 
 from grpc import aio
 
-from bench.gen import etcd_kv_pb2 as etcd
 from bench.load import Call, channel_of, raw_unary
 from bench.targets import BARE_METHOD, ETCD_RANGE_METHOD
+from cps.server.cluster.etcdpb import rpc_pb2 as etcd
 
 PAYLOAD_SIZE = 1024
 # Random, so nothing on the way can shrink it.

@@ -2,7 +2,8 @@
 # Install the toolchains of the non-Python interop clients (clients/) on a
 # Debian 12 machine: C++ (protoc + grpc_cpp_plugin + libgrpc++), Go (go,
 # protoc-gen-go, protoc-gen-go-grpc and the Go gRPC libraries, all from
-# Debian) and Node.js (npm ci in clients/node from its package-lock.json).
+# Debian) and Node.js (npm ci in clients/node from its package-lock.json);
+# and etcd (server and etcdctl) for the cluster tests.
 #
 # Idempotent: when everything is there it only checks (about a second).
 # Needs root (or sudo) for apt-get; CI runs it as root.
@@ -20,6 +21,9 @@ APT_PACKAGES=(
     # github.com/golang/protobuf 1.5 (APIv1 over APIv2), named: otherwise apt
     # picks 1.3 for grpc, which predates the APIv2 messages of protoc-gen-go 1.28.
     golang-github-golang-protobuf-1-5-dev
+    # etcd 3.4 for cluster mode and its tests (tests/cluster/harness starts
+    # /usr/bin/etcd members on free loopback ports) and etcdctl for operators.
+    etcd-server etcd-client
 )
 # Node.js and npm: only when the machine has no node at all (Debian's nodejs
 # 18 is enough for @grpc/grpc-js).
@@ -58,3 +62,4 @@ protoc --version
 grpc_cpp_plugin --version 2>/dev/null || command -v grpc_cpp_plugin
 go version
 node --version
+etcd --version | sed -n 1p

@@ -1,1 +1,0 @@
-"""Generated protobuf stubs for the benchmark (regenerate with `make bench-proto`)."""

@@ -1,0 +1,6 @@
+"""Real processes for the cluster tests: an etcd cluster and a TCP proxy that cuts links."""
+
+from tests.cluster.harness.etcd_cluster import EtcdCluster, EtcdMember, free_ports
+from tests.cluster.harness.proxy import TcpProxy
+
+__all__ = ["EtcdCluster", "EtcdMember", "TcpProxy", "free_ports"]
