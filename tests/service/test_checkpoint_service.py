@@ -384,8 +384,8 @@ def test_unknown_handles(client: Client) -> None:
 
 
 def test_error_info_reason_matches_status_table() -> None:
-    from cps.server.status import STATUS_CODES
     from cps.server.core.errors import ErrorCode
+    from cps.server.status import STATUS_CODES
 
     assert set(STATUS_CODES) == set(ErrorCode)
     assert error_details_pb2.ErrorInfo.DESCRIPTOR.full_name == "google.rpc.ErrorInfo"

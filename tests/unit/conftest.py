@@ -22,6 +22,7 @@ from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.events import Event
 from cps.server.core.limits import Limits
 from cps.server.core.replica import Ref, Replica
+from cps.server.core.replicas import Replicas
 from cps.server.core.sessions import Session, Sessions
 from cps.server.core.types import (
     CreationAttributes,
@@ -32,7 +33,6 @@ from cps.server.core.types import (
 from cps.server.service.active import ActiveReplicas
 from cps.server.service.checkpoints import Checkpoints
 from cps.server.service.ports import ForeverLease, NoPersistence
-from cps.server.core.replicas import Replicas
 
 S = 1_000_000_000  # nanoseconds per second
 START = 1_700_000_000 * S

@@ -104,9 +104,7 @@ class ClusterParts:
     @property
     def ready(self) -> bool:
         return (
-            self.directory.loaded.is_set()
-            and self.membership.valid()
-            and self.coordinator.settled
+            self.directory.loaded.is_set() and self.membership.valid() and self.coordinator.settled
         )
 
     async def start(self, node: Node) -> None:

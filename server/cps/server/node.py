@@ -26,7 +26,6 @@ from .api.checkpoint_service import CheckpointService
 from .api.library_service import LibraryCheckpointService
 from .cluster.solo import NoForwarder, NoReplication, SoloDirectory
 from .config import Settings
-from .service.clock import LoopClock
 from .core.directory import Member
 from .core.library import LibraryManager
 from .core.replica import Changes, Ref
@@ -35,6 +34,7 @@ from .core.sessions import Sessions
 from .metrics import METRICS, Metrics, serve_metrics
 from .service.active import ActiveReplicas
 from .service.checkpoints import Checkpoints
+from .service.clock import LoopClock
 from .service.ports import (
     Directory,
     ForeverLease,

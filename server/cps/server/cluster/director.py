@@ -11,6 +11,7 @@ writes: each one also compares it, so a director that lost its lease
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -84,10 +85,8 @@ class Director:
             except EtcdError as error:
                 log.warning("director step failed", extra={"why": str(error)})
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), PERIOD_SECONDS)
-            except TimeoutError:
-                pass
             await asyncio.sleep(0.02)  # gather a burst of changes into one pass
 
     async def _campaign(self) -> None:
@@ -118,20 +117,23 @@ class Director:
                 if await self.directory.delete_lost(record, [guard]):
                     log.warning(
                         "checkpoint lost: no live replica holds it",
-                        extra={"checkpoint": record.name, "in_sync": [str(m) for m in record.in_sync]},
+                        extra={
+                            "checkpoint": record.name,
+                            "in_sync": [str(m) for m in record.in_sync],
+                        },
                     )
                 continue
             updated = reconcile(record, live, self.replicas_wanted)
             if updated is None:
                 continue
-            if await self.directory.write(record, updated, [guard]):
-                if updated.active != record.active:
-                    log.warning(
-                        "active replica changed",
-                        extra={
-                            "checkpoint": record.name,
-                            "old": str(record.active),
-                            "new": str(updated.active),
-                            "epoch": updated.epoch,
-                        },
-                    )
+            written = await self.directory.write(record, updated, [guard])
+            if written and updated.active != record.active:
+                log.warning(
+                    "active replica changed",
+                    extra={
+                        "checkpoint": record.name,
+                        "old": str(record.active),
+                        "new": str(updated.active),
+                        "epoch": updated.epoch,
+                    },
+                )

@@ -116,7 +116,7 @@ class EtcdDirectory:
                 None if director is None else director.value,
                 0 if director is None else director.create_revision,
             )
-        changes = [
+        changes: list[tuple[Record | None, Record | None]] = [
             (old, records.get(incarnation))
             for incarnation, old in self.by_incarnation.items()
             if records.get(incarnation) != old
@@ -165,7 +165,9 @@ class EtcdDirectory:
                 members_touched = True
             elif kv.key == self.keys.director:
                 for handler in self.on_director:
-                    handler(None if event.type is EventType.DELETE else kv.value, kv.create_revision)
+                    handler(
+                        None if event.type is EventType.DELETE else kv.value, kv.create_revision
+                    )
             elif event.type is EventType.DELETE:
                 old = self._find_key(kv.key)
                 if old is not None:

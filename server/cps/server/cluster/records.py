@@ -101,26 +101,25 @@ def _members(data: Any) -> tuple[Member, ...]:
 
 def record_value(record: Record) -> bytes:
     attributes = record.attributes
-    return json.dumps(
-        {
-            "name": record.name,
-            "incarnation": record.incarnation,
-            "attributes": {
-                "creation_flags": sorted(flag.name for flag in attributes.creation_flags),
-                "checkpoint_size": attributes.checkpoint_size,
-                "max_section_id_size": attributes.max_section_id_size,
-                "max_sections": attributes.max_sections,
-                "max_section_size": attributes.max_section_size,
-                "retention_ns": attributes.retention_duration,
-            },
-            "epoch": record.epoch,
-            "active": _member_json(record.active),
-            "replicas": [_member_json(m) for m in record.replicas],
-            "in_sync": [_member_json(m) for m in record.in_sync],
-            "unlinked": record.unlinked,
+    value = {
+        "name": record.name,
+        "attributes": {
+            "creation_flags": sorted(flag.name for flag in attributes.creation_flags),
+            "checkpoint_size": attributes.checkpoint_size,
+            "max_section_id_size": attributes.max_section_id_size,
+            "max_sections": attributes.max_sections,
+            "max_section_size": attributes.max_section_size,
+            "retention_ns": attributes.retention_duration,
         },
-        sort_keys=True,
-    ).encode()
+        "epoch": record.epoch,
+        "active": _member_json(record.active),
+        "replicas": [_member_json(m) for m in record.replicas],
+        "in_sync": [_member_json(m) for m in record.in_sync],
+        "unlinked": record.unlinked,
+    }
+    if record.unlinked:  # a live record's incarnation is its key's create_revision
+        value["incarnation"] = record.incarnation
+    return json.dumps(value, sort_keys=True).encode()
 
 
 def record_of(value: bytes, *, create_revision: int, mod_revision: int, live: bool) -> Record:

@@ -1,0 +1,182 @@
+"""Real `cps-server` processes forming a cluster over a real etcd, on
+loopback ports, for the cluster tests. Each node keeps its port across
+restarts (a restarted node is a new incarnation at the same address);
+everything is stopped with SIGKILL at the end, by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .etcd_cluster import free_ports
+
+SERVER = str(Path(sys.executable).parent / "cps-server")
+
+
+class CpsNode:
+    def __init__(self, cluster: CpsCluster, index: int, port: int) -> None:
+        self.cluster = cluster
+        self.index = index
+        self.port = port
+        self.name = f"n{index}"
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.log_path = cluster.folder / f"{self.name}.log"
+        self.etcd_endpoints: str | None = None  # overrides the cluster's (a proxy)
+        self.paused = False
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def start(self, *, wait: bool = True) -> None:
+        assert not self.running
+        data = self.cluster.folder / f"{self.name}-data"
+        flags = [
+            "--listen",
+            self.address,
+            "--node-name",
+            self.name,
+            "--data-dir",
+            str(data),
+            "--etcd-endpoints",
+            self.etcd_endpoints or ",".join(self.cluster.etcd_endpoints),
+            "--cluster-name",
+            self.cluster.name,
+            "--grace-seconds",
+            "1",
+            *self.cluster.flags,
+        ]
+        with self.log_path.open("ab") as log:
+            self.popen = subprocess.Popen([SERVER, *flags], stdout=log, stderr=log)
+        if wait:
+            self.wait_serving()
+
+    def kill(self) -> None:
+        """SIGKILL (continued first if paused)."""
+        if self.popen is not None and self.popen.poll() is None:
+            if self.paused:
+                self.cont()
+            self.popen.kill()
+            self.popen.wait(10)
+
+    def pause(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+        self.paused = True
+
+    def cont(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+        self.paused = False
+
+    def health(self, timeout: float = 1.0) -> int | None:
+        """grpc.health.v1 status of service "" (None: no answer)."""
+        try:
+            with grpc.insecure_channel(self.address) as channel:
+                response = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=timeout
+                )
+        except grpc.RpcError:
+            return None
+        return int(response.status)
+
+    def wait_serving(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(f"{self.name} exited: {self.log_text()[-3000:]}")
+            if self.health() == health_pb2.HealthCheckResponse.SERVING:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not SERVING after {timeout}s: {self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_entries(self) -> list[dict[str, object]]:
+        entries = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    entries.append(json.loads(line))
+                except ValueError:
+                    continue
+        return entries
+
+
+class CpsCluster:
+    def __init__(
+        self, etcd_endpoints: Sequence[str], size: int = 3, flags: Sequence[str] = ()
+    ) -> None:
+        self.etcd_endpoints = list(etcd_endpoints)
+        self.name = "t" + uuid.uuid4().hex[:10]  # a cluster of its own in the shared etcd
+        self.flags = list(flags)
+        self._folder = tempfile.TemporaryDirectory(prefix="cps-cluster-")
+        self.folder = Path(self._folder.name)
+        self.nodes = [CpsNode(self, i, port) for i, port in enumerate(free_ports(size))]
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(node.address for node in self.nodes)
+
+    def start(self) -> CpsCluster:
+        for node in self.nodes:
+            node.start(wait=False)
+        for node in self.nodes:
+            node.wait_serving()
+        return self
+
+    def add_node(self) -> CpsNode:
+        (port,) = free_ports(1)
+        node = CpsNode(self, len(self.nodes), port)
+        self.nodes.append(node)
+        node.start()
+        return node
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+        self._folder.cleanup()
+
+    def __enter__(self) -> CpsCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            for node in self.nodes:
+                tail = node.log_text()[-4000:]
+                print(f"--- {node.name} log (tail) ---\n{tail}", file=sys.stderr)
+        self.stop()
+
+
+@contextmanager
+def cps_cluster(
+    etcd_endpoints: Sequence[str], size: int = 3, flags: Sequence[str] = ()
+) -> Iterator[CpsCluster]:
+    with CpsCluster(etcd_endpoints, size, flags) as cluster:
+        yield cluster
