@@ -164,7 +164,7 @@ def test_notifications_reach_sessions_on_every_node(cluster: CpsCluster) -> None
         handle = writer.open("notified", flags=RW)
         writer.create_section(handle, b"s", b"1")
         overwrite(writer, handle, b"s", b"2")
-        changes = []
+        changes: list[tuple[bytes, int]] = []
         deadline = time.monotonic() + 10
         while len(changes) < 2 and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
@@ -246,7 +246,7 @@ def _iterate(reader: Client, handle: int) -> list[bytes]:
             checkpoint_handle=handle, sections_chosen=t.SECTIONS_CHOSEN_ANY
         )
     ).section_iteration_handle
-    ids = []
+    ids: list[bytes] = []
     while True:
         response = reader.stub.SectionIterationNext(
             pb.SectionIterationNextRequest(section_iteration_handle=iteration)
