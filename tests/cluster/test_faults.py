@@ -12,15 +12,19 @@ five times in a row.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import grpc
 import pytest
 
+from cps.v1 import checkpoint_service_pb2 as pb
+from cps.v1 import types_pb2 as t
 from tests.cluster.harness import CpsCluster, EtcdCluster, TcpProxy, cps_cluster
 from tests.cluster.helpers import (
     ASYNC,
     SYNC,
+    WEAK,
     Writer,
     active_node,
     assert_one_active_per_epoch,
@@ -32,7 +36,7 @@ from tests.cluster.helpers import (
     record,
     wait_for,
 )
-from tests.support import RW
+from tests.support import RW, Client, sid
 
 TTL = 2.0
 FLAGS = ("--lease-ttl", "2", "--replica-timeout-seconds", "0.5")
@@ -293,3 +297,57 @@ def test_four_nodes_three_replicas_keep_three_after_a_loss(etcd_cluster: EtcdClu
         for node in cluster.nodes[1:]:
             assert read_value(node.address, "three", b"s") == b"kept"
         assert_one_active_per_epoch(cluster)
+
+
+def test_an_interrupted_weak_write_leaves_its_sections_corrupted(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    """WR_ACTIVE_REPLICA_WEAK: a write travels element by element; here the
+    active dies (a failpoint) once the backup applied the first element of
+    a two-element write, so the backup, promoted, holds half of it."""
+    mib = 1024 * 1024
+    with CpsCluster(etcd_cluster.endpoints, 2, FLAGS) as cluster:
+        a, b = cluster.nodes
+        a.kill()
+        a.env["CPS_FAILPOINTS"] = "exit-after-first-weak-part"
+        a.start()
+        big = {"max_section_size": 4 * mib, "max_sections": 4}
+        create(a.address, "weak", WEAK, **big)
+        with client(a.address) as writer:
+            handle = writer.open("weak", flags=RW)
+            writer.create_section(handle, b"s1", b"old")
+            writer.create_section(handle, b"s2", b"old")
+            with contextlib.suppress(grpc.RpcError):  # answered, or the node died first
+                writer.stub.CheckpointWrite(
+                    pb.CheckpointWriteRequest(
+                        checkpoint_handle=handle,
+                        io_vector=[
+                            t.IOVectorElement(section_id=sid(b"s1"), data_buffer=b"N" * 3 * mib),
+                            t.IOVectorElement(section_id=sid(b"s2"), data_buffer=b"N" * 3 * mib),
+                        ],
+                    ),
+                    timeout=10,
+                )
+        wait_for(lambda: not a.running, 10, "the failpoint ends the active")
+        wait_for(lambda: active_node(etcd_cluster.endpoints, cluster, "weak") == 1, 4 * TTL, "b")
+        with client(b.address) as reader:
+            handle = reader.open("weak", flags=RW)
+            assert _chosen(reader, handle, t.SECTIONS_CHOSEN_CORRUPTED) == [b"s1"]
+            assert reader.read(handle, b"s1") == b"N" * 3 * mib
+            assert reader.read(handle, b"s2") == b"old"
+            overwrite(reader, handle, b"s1", b"repaired")  # VALID again
+            assert _chosen(reader, handle, t.SECTIONS_CHOSEN_CORRUPTED) == []
+
+
+def _chosen(reader: Client, handle: int, chosen: int) -> list[bytes]:
+    iteration = reader.stub.SectionIterationInitialize(
+        pb.SectionIterationInitializeRequest(checkpoint_handle=handle, sections_chosen=chosen)
+    ).section_iteration_handle
+    ids: list[bytes] = []
+    while True:
+        response = reader.stub.SectionIterationNext(
+            pb.SectionIterationNextRequest(section_iteration_handle=iteration)
+        )
+        if response.no_more_sections:
+            return ids
+        ids.append(response.section_descriptor.section_id.id)

@@ -35,6 +35,7 @@ class CpsNode:
         self.popen: subprocess.Popen[bytes] | None = None
         self.log_path = cluster.folder / f"{self.name}.log"
         self.etcd_endpoints: str | None = None  # overrides the cluster's (a proxy)
+        self.env: dict[str, str] = {}  # added to the process's environment
         self.paused = False
 
     @property
@@ -69,7 +70,9 @@ class CpsNode:
             *self.cluster.flags,
         ]
         with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen([SERVER, *flags], stdout=log, stderr=log)
+            self.popen = subprocess.Popen(
+                [SERVER, *flags], stdout=log, stderr=log, env={**os.environ, **self.env}
+            )
         if wait:
             self.wait_serving()
 

@@ -202,8 +202,17 @@ class StampedOperation(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     OPERATION_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     seq: _builtins.int
+    part: _builtins.int
+    """A WR_ACTIVE_REPLICA_WEAK write travels element by element: part 1 to
+    parts of one operation, all with its seq, each applied on arrival (0:
+    the operation is whole). A replica promoted while it holds only some
+    parts marks the sections of that write CORRUPTED.
+    """
+    parts: _builtins.int
     @_builtins.property
     def ref(self) -> Global___Ref: ...
     @_builtins.property
@@ -215,10 +224,12 @@ class StampedOperation(_message.Message):
         epoch: _builtins.int = ...,
         seq: _builtins.int = ...,
         operation: Global___Operation | None = ...,
+        part: _builtins.int = ...,
+        parts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["operation", b"operation", "ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "operation", b"operation", "ref", b"ref", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "operation", b"operation", "part", b"part", "parts", b"parts", "ref", b"ref", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,8 @@ class Backups:
         self.deliver = deliver
         self._parts: dict[Ref, list[pb.SnapshotPart]] = {}
         self._awaiting: set[Ref] = set()  # asked to be sent whole
+        # A weak write received in part: (its seq, next part, sections so far).
+        self._partial: dict[Ref, tuple[int, int, list[bytes]]] = {}
 
     def apply(self, sender: Member, batch: pb.Batch) -> list[pb.ReplicateResponse]:
         """Apply a batch; the answers to send (resyncs, fences, then the
@@ -76,8 +78,38 @@ class Backups:
         if stamped.seq != replica.seq + 1:
             return self._resync(ref)
         replica.epoch = stamped.epoch
+        if stamped.parts > 1:
+            return self._part(ref, replica, stamped, operation)
         replica.apply(operation)
         return None
+
+    def _part(
+        self,
+        ref: Ref,
+        replica: Replica,
+        stamped: pb.StampedOperation,
+        operation: op.Operation,
+    ) -> pb.ReplicateResponse | None:
+        """One element of a weak write, applied on arrival."""
+        seq, expected, sections = self._partial.get(ref, (stamped.seq, 1, []))
+        if seq != stamped.seq or stamped.part < expected:
+            return None  # a part already applied, sent again
+        if stamped.part != expected or not isinstance(operation, op.Write):
+            return self._resync(ref)
+        replica.write_part(operation)
+        sections.append(operation.elements[0].section_id)
+        if stamped.part == stamped.parts:
+            self._partial.pop(ref, None)
+            replica.seq += 1
+        else:
+            self._partial[ref] = (seq, expected + 1, sections)
+        return None
+
+    def interrupted(self, ref: Ref) -> tuple[bytes, ...]:
+        """The sections of a weak write this replica holds only in part (its
+        writer is gone); forgotten once told."""
+        partial = self._partial.pop(ref, None)
+        return () if partial is None else tuple(dict.fromkeys(partial[2]))
 
     def _resync(self, ref: Ref) -> pb.ReplicateResponse:
         log.info("replica asks to be sent whole", extra={"checkpoint": ref.name})
@@ -99,6 +131,7 @@ class Backups:
                 return  # sealed by a newer active meanwhile: this one is stale
             self.replicas.add(replica)
             self._awaiting.discard(ref)
+            self._partial.pop(ref, None)
 
     # -- fencing and catch-up (calls of a new active) --------------------------
 
@@ -113,4 +146,5 @@ class Backups:
 
     def forget(self, ref: Ref) -> None:
         self._parts.pop(ref, None)
+        self._partial.pop(ref, None)
         self._awaiting.discard(ref)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from cps.peer.v1 import peer_pb2 as pb
+from cps.server import failpoints
 from cps.server.core.directory import Member
 from cps.server.core.replica import Ref
 
@@ -90,6 +91,7 @@ class Link:
         # (the index of the snapshot that will settle it).
         self._resyncing: dict[Ref, int] = {}
         self._wake = asyncio.Event()
+        self.fail_after_ack = 0  # a failpoint (see cps.server.failpoints)
         self.connected = False
         self.down_since: float | None = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._run())
@@ -186,13 +188,23 @@ class Link:
                     await asyncio.wait({waiter, receiving}, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     continue
-                await call.write(pb.ReplicateRequest(batch=self._next_batch()))
+                batch = self._next_batch()
+                await call.write(pb.ReplicateRequest(batch=batch))
+                if self.fail_after_ack and batch.first_index <= self.fail_after_ack:
+                    await self._fail_once_acknowledged(receiving)
         finally:
             receiving.cancel()
             call.cancel()
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await receiving
         receiving.result()  # raises what ended the stream
+
+    async def _fail_once_acknowledged(self, receiving: asyncio.Task[None]) -> None:
+        """The failpoint: exit once the peer applied the marked item, before
+        anything after it is sent."""
+        while self.acknowledged < self.fail_after_ack and not receiving.done():
+            await asyncio.sleep(0.001)
+        failpoints.fail("exit-after-first-weak-part")
 
     def _next_batch(self) -> pb.Batch:
         items: list[bytes] = []

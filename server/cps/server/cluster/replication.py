@@ -19,6 +19,7 @@ from typing import Protocol
 import grpc
 
 from cps.peer.v1 import peer_pb2 as pb
+from cps.server import failpoints
 from cps.server.core import operations as op
 from cps.server.core.directory import Member, Record
 from cps.server.core.errors import CkptError, ErrorCode, unknown_outcome
@@ -114,8 +115,16 @@ class Replication:
         targets = [m for m in record.replicas if m != self.me]
         if not targets:
             return
+        ref = codec.ref_message(replica.ref)
+        if (
+            replica.attributes.weak
+            and isinstance(operation, op.Write)
+            and len(operation.elements) > 1
+        ):
+            self._ship_in_parts(targets, replica, ref, operation)
+            return
         stamped = pb.StampedOperation(
-            ref=codec.ref_message(replica.ref),
+            ref=ref,
             epoch=replica.epoch,
             seq=replica.seq,
             operation=codec.operation_message(operation),
@@ -123,6 +132,32 @@ class Replication:
         item = pb.Item(operation=stamped).SerializeToString()
         for member in targets:
             self.link(member).enqueue(replica.ref, replica.seq, item)
+
+    def _ship_in_parts(
+        self, targets: list[Member], replica: Replica, ref: pb.Ref, operation: op.Write
+    ) -> None:
+        """A weak write goes element by element (see StampedOperation)."""
+        parts = len(operation.elements)
+        items = [
+            pb.Item(
+                operation=pb.StampedOperation(
+                    ref=ref,
+                    epoch=replica.epoch,
+                    seq=replica.seq,
+                    operation=codec.operation_message(op.Write((element,), operation.at)),
+                    part=number,
+                    parts=parts,
+                )
+            ).SerializeToString()
+            for number, element in enumerate(operation.elements, start=1)
+        ]
+        crash = failpoints.armed("exit-after-first-weak-part")
+        for member in targets:
+            link = self.link(member)
+            for number, item in enumerate(items, start=1):
+                index = link.enqueue(replica.ref, replica.seq, item, last_part=number == parts)
+                if crash and number == 1:
+                    link.fail_after_ack = index
 
     def replicated(self, record: Record, replica: Replica) -> Awaitable[None] | None:
         ref = replica.ref
@@ -179,7 +214,7 @@ class Replication:
             if member is not None and member != self.me:
                 self.link(member).enqueue(None, 0, item)
 
-    async def seal(self, record: Record) -> None:
+    async def seal(self, record: Record) -> tuple[bytes, ...]:
         """Fence the other replicas at ``record.epoch`` and take the most
         advanced state among this node and them."""
         ref = Ref(record.name, record.incarnation)
@@ -202,6 +237,7 @@ class Replication:
             raise CkptError(
                 ErrorCode.NOT_EXIST, f"no replica of checkpoint {ref.name!r} could be found"
             )
+        return self.backups.interrupted(ref)
 
     async def _seal_one(self, member: Member, ref: Ref, record: Record) -> pb.SealResponse | None:
         address = self.members.address_of(member)

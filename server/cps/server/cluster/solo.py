@@ -99,8 +99,8 @@ class NoReplication:
     def notify(self, record: Record, nodes: list[str], changes: Changes) -> None:
         return None
 
-    async def seal(self, record: Record) -> None:
-        return None
+    async def seal(self, record: Record) -> tuple[bytes, ...]:
+        return ()
 
 
 class NoForwarder:

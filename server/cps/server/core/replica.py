@@ -158,6 +158,11 @@ class Replica:
                 raise ValueError("Create starts a replica: use Replica.create")
         raise TypeError(f"not an operation: {operation!r}")
 
+    def write_part(self, operation: op.Write) -> Changes:
+        """Part of a weak write that travels element by element: applied
+        without counting as an operation (the last part counts)."""
+        return self._write(operation)
+
     def _write(self, operation: op.Write) -> Changes:
         changed: dict[bytes, Change] = {}  # one entry per section, first-write order
         for element in operation.elements:

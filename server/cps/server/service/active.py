@@ -279,11 +279,19 @@ class ActiveReplicas:
                 del self._becoming[ref]
 
     async def _become_active(self, record: Record) -> None:
-        await self.replication.seal(record)
+        interrupted = await self.replication.seal(record)
         current = self.directory.get(record.incarnation)
         if current is None or current.active != self.me or current.epoch != record.epoch:
             return  # moved on meanwhile: whoever is active now does this
         await self.complete(self.promote(current))
+        if interrupted:
+            # A weak write reached this replica in part: say so (seed: CORRUPTED).
+            log.warning(
+                "sections corrupted by an interrupted write",
+                extra={"checkpoint": record.name, "sections": [s.hex() for s in interrupted]},
+            )
+            ref = Ref(record.name, record.incarnation)
+            await self.complete(self.apply_internal(ref, op.Corrupt(interrupted)))
 
     async def take_over(self, record: Record) -> None:
         """ActiveReplicaSet: this node becomes the collocated checkpoint's

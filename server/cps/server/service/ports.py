@@ -105,10 +105,11 @@ class Replication(Protocol):
         """Immediate-consumption notifications for sessions on other nodes."""
         ...
 
-    async def seal(self, record: Record) -> None:
+    async def seal(self, record: Record) -> tuple[bytes, ...]:
         """Before this node serves as active at ``record.epoch``: the other
         replicas raise their fence to it, and the replica held here catches
-        up with the most advanced of them (it may fetch it whole)."""
+        up with the most advanced of them (it may fetch it whole). Returns
+        the sections of a weak write the replica here holds only in part."""
         ...
 
 
