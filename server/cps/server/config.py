@@ -1,16 +1,35 @@
-"""Command-line flags of cps-server; every limit is one."""
+"""Every setting of cps-server, declared once.
+
+Each setting comes from, first found wins: a command-line flag, an
+environment variable ``CPS_<NAME>``, a TOML file (``--config FILE`` or
+``CPS_CONFIG``), its default. Every field of ``Limits`` is a setting of its
+own, derived from the dataclass. ``python -m cps.server.config --markdown``
+prints the table of docs/configuration.md.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import ipaddress
+import math
 import os
-from collections.abc import Sequence
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
+from importlib import metadata
 from pathlib import Path
+from typing import Any, Literal
 
 from .core.limits import Limits
 
 MiB = 1024 * 1024
+ENV_PREFIX = "CPS_"
+CONFIG_ENV = "CPS_CONFIG"
+# gRPC message sizes are C ints.
+MAX_GRPC_MESSAGE = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,149 +45,797 @@ class Settings:
     sync: str
     metrics_listen: str
     node_name: str
+    replica_timeout_seconds: float
+    limits: Limits
     advertise: str
     etcd_endpoints: tuple[str, ...]
     cluster_name: str
     replicas: int
-    lease_ttl_seconds: float
-    replica_timeout_seconds: float
-    limits: Limits
+    lease_ttl_seconds: int
+    workers: int
+    tls_cert: Path | None
+    tls_key: Path | None
+    client_ca: Path | None
+    peer_cert: Path | None
+    peer_key: Path | None
+    peer_ca: Path | None
+    etcd_cert: Path | None
+    etcd_key: Path | None
+    etcd_ca: Path | None
+    cluster_secret_file: Path | None
+    auth_file: Path | None
 
 
-def default_data_dir() -> Path:
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local/state"
-    )
+class ConfigError(ValueError):
+    """One or more settings are invalid; each problem names the setting, where
+    its value came from and the value."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local/state")
     return Path(state) / "cps"
 
 
-def _limit_flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+# --- the declaration -------------------------------------------------------
+
+Kind = Literal["str", "choice", "int", "float", "bool", "path", "optional_path", "list"]
+# A check returns what is wrong with a converted value, or None.
+Check = Callable[[Any], "str | None"]
 
 
-def parse(argv: Sequence[str] | None = None) -> Settings:
+@dataclass(frozen=True, slots=True)
+class Group:
+    key: str
+    table: str  # TOML table of the group's settings; "" is the top level
+    title: str
+
+
+GROUPS = (
+    Group("server", "", "server"),
+    Group("storage", "storage", "storage"),
+    Group("cluster", "cluster", "cluster"),
+    Group("tls", "tls", "TLS and security"),
+    Group("limits", "limits", "limits"),
+)
+_GROUP = {group.key: group for group in GROUPS}
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    group: str
+    flag: str = ""  # default: --name-with-dashes
+    metavar: str = ""
+    choices: tuple[str, ...] = ()
+    check: Check | None = None
+    # Shown in --help and the doc instead of the default when the default
+    # depends on the machine or on another setting.
+    shown_default: str = ""
+    # The default computed from the environment at parse time.
+    default_factory: Callable[[Mapping[str, str]], Any] | None = None
+
+    @property
+    def cli(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def table(self) -> str:
+        return _GROUP[self.group].table
+
+    @property
+    def toml_key(self) -> str:
+        return f"{self.table}.{self.name}" if self.table else self.name
+
+    @property
+    def type_text(self) -> str:
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "list":
+            return f"list of {self.metavar}"
+        if self.kind == "int":
+            return "integer (bytes)" if self.metavar == "BYTES" else "integer"
+        if self.kind == "float":
+            return "seconds" if self.metavar == "SECONDS" else "number"
+        if self.kind == "str":
+            return "HOST:PORT" if self.metavar == "HOST:PORT" else "string"
+        return {"optional_path": "path (optional)"}.get(self.kind, self.kind)
+
+    def default_text(self) -> str:
+        if self.shown_default:
+            return self.shown_default
+        value = self.default
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if value is None:
+            return "unset"
+        if value in ("", ()):
+            return '""'
+        if isinstance(value, int) and value >= MiB and value % MiB == 0:
+            return f"{value} ({value // MiB} MiB)"
+        return str(value)
+
+
+# --- checks ----------------------------------------------------------------
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_PORT = re.compile(r"[0-9]+")
+
+
+def _check_host(host: str) -> None:
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv4 address") from None
+        return
+    labels = host.split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"{host!r} is not a host name, an IPv4 address or an [IPv6] address")
+
+
+def split_address(text: str) -> tuple[str, int]:
+    """HOST and PORT of HOST:PORT, where HOST is a name, an IPv4 address or
+    an IPv6 address in brackets; ValueError says what is wrong."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise ValueError("no ] closing the IPv6 address")
+        host, rest = text[1:close], text[close + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address") from None
+        if not rest:
+            raise ValueError("no port: expected [IPv6]:PORT")
+        if not rest.startswith(":"):
+            raise ValueError("expected :PORT after ]")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError("no port: expected HOST:PORT")
+        if ":" in host:
+            raise ValueError("an IPv6 address goes in brackets: [ADDRESS]:PORT")
+        if not host:
+            raise ValueError("no host: expected HOST:PORT")
+        _check_host(host)
+    if not _PORT.fullmatch(port_text):
+        raise ValueError(f"port {port_text!r} is not a number")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return host, port
+
+
+def _address(*, optional: bool = False, port_zero: bool = True) -> Check:
+    def check(value: str) -> str | None:
+        if optional and value == "":
+            return None
+        try:
+            _, port = split_address(value)
+        except ValueError as error:
+            return str(error)
+        if port == 0 and not port_zero:
+            return "port 0 is not a port others can connect to"
+        return None
+
+    return check
+
+
+def _endpoints(value: tuple[str, ...]) -> str | None:
+    for endpoint in value:
+        if not endpoint:
+            return "an empty endpoint (a stray comma?)"
+        if "://" in endpoint:
+            return f"{endpoint!r}: HOST:PORT without a scheme (TLS comes from etcd_cert/etcd_ca)"
+        problem = _address(port_zero=False)(endpoint)
+        if problem:
+            return f"{endpoint!r}: {problem}"
+    return None
+
+
+def _at_least(minimum: int, maximum: int | None = None) -> Check:
+    def check(value: int) -> str | None:
+        if value < minimum:
+            return f"must be at least {minimum}"
+        if maximum is not None and value > maximum:
+            return f"must be at most {maximum}"
+        return None
+
+    return check
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _not_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _cluster_name(value: str) -> str | None:
+    if re.fullmatch(r"[a-z0-9-]+", value):
+        return None
+    return "only lower-case letters, digits and - (at least one)"
+
+
+def _readable_file(value: Path | None) -> str | None:
+    if value is None:
+        return None
+    if not value.exists():
+        return "no such file"
+    if not value.is_file():
+        return "not a regular file"
+    if not os.access(value, os.R_OK):
+        return "not readable"
+    return None
+
+
+def _path(name: str, meaning: str) -> Option:
+    return Option(name, "optional_path", None, meaning, "tls", metavar="PATH", check=_readable_file)
+
+
+# --- the settings ----------------------------------------------------------
+
+_NOT_USED = " (not used yet)"
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "listen",
+        "str",
+        "127.0.0.1:50051",
+        "gRPC address to serve on (port 0: any free port)",
+        "server",
+        metavar="HOST:PORT",
+        check=_address(),
+    ),
+    Option(
+        "max_message_bytes",
+        "int",
+        80 * MiB,
+        "largest gRPC message received or sent",
+        "server",
+        metavar="BYTES",
+        check=_at_least(1, MAX_GRPC_MESSAGE),
+    ),
+    Option(
+        "grace_seconds",
+        "float",
+        10.0,
+        "on SIGTERM/SIGINT, how long in-flight calls may finish",
+        "server",
+        metavar="SECONDS",
+        check=_not_negative,
+    ),
+    Option(
+        "log_level",
+        "choice",
+        "info",
+        "log threshold; debug adds every failed call",
+        "server",
+        choices=("debug", "info", "warning"),
+    ),
+    Option(
+        "keepalive_seconds",
+        "float",
+        30.0,
+        "interval of HTTP/2 keepalive pings to clients",
+        "server",
+        metavar="SECONDS",
+        check=_positive,
+    ),
+    Option(
+        "session_timeout_seconds",
+        "float",
+        30.0,
+        "a session with no Callbacks stream and no calls for this long is finalized",
+        "server",
+        metavar="SECONDS",
+        check=_positive,
+    ),
+    Option(
+        "metrics_listen",
+        "str",
+        "",
+        "HOST:PORT of the Prometheus /metrics endpoint (empty: off)",
+        "server",
+        metavar="HOST:PORT",
+        check=_address(optional=True),
+    ),
+    Option(
+        "workers",
+        "int",
+        1,
+        "worker processes of this node" + _NOT_USED,
+        "server",
+        metavar="N",
+        check=_at_least(1),
+    ),
+    Option(
+        "data_dir",
+        "path",
+        None,
+        "where the node keeps its SQLite store",
+        "storage",
+        metavar="PATH",
+        shown_default="$XDG_STATE_HOME/cps, else ~/.local/state/cps",
+        default_factory=default_data_dir,
+    ),
+    Option(
+        "persist_server_checkpoints",
+        "bool",
+        True,
+        "keep server checkpoints in the store too, so they survive a restart "
+        "(the seed: with no peer for a backup, replicate in persistent memory)",
+        "storage",
+    ),
+    Option(
+        "sync",
+        "choice",
+        "full",
+        "SQLite synchronous mode: full survives power loss, normal survives a "
+        "crash of the server process only",
+        "storage",
+        choices=("full", "normal"),
+    ),
+    Option(
+        "node_name",
+        "str",
+        "",
+        "this node's name in the cluster",
+        "cluster",
+        metavar="NAME",
+        shown_default="the address it advertises",
+    ),
+    Option(
+        "advertise",
+        "str",
+        "",
+        "HOST:PORT at which other nodes and clients reach this node (empty: derived "
+        "from listen)",
+        "cluster",
+        metavar="HOST:PORT",
+        check=_address(optional=True, port_zero=False),
+    ),
+    Option(
+        "etcd_endpoints",
+        "list",
+        (),
+        "etcd endpoints, comma-separated in a flag or variable, a list in the file "
+        "(empty: a single node)",
+        "cluster",
+        metavar="HOST:PORT",
+        check=_endpoints,
+    ),
+    Option(
+        "cluster_name",
+        "str",
+        "cps",
+        "name of the cluster this node belongs to (a-z, 0-9, -)",
+        "cluster",
+        metavar="NAME",
+        check=_cluster_name,
+    ),
+    Option(
+        "replicas",
+        "int",
+        2,
+        "replicas of each checkpoint in the cluster, the active one included",
+        "cluster",
+        metavar="N",
+        check=_at_least(1),
+    ),
+    Option(
+        "lease_ttl_seconds",
+        "int",
+        3,
+        "TTL of this node's etcd lease, whole seconds (etcd's unit): a node that "
+        "stops renewing it this long is taken over",
+        "cluster",
+        flag="--lease-ttl",
+        metavar="SECONDS",
+        check=_at_least(1),
+    ),
+    Option(
+        "replica_timeout_seconds",
+        "float",
+        1.0,
+        "a replica that does not acknowledge a synchronous write this fast leaves the "
+        "in-sync set (so the write is acknowledged without it)",
+        "cluster",
+        metavar="SECONDS",
+        check=_positive,
+    ),
+    _path("tls_cert", "PEM certificate of the gRPC port; with tls_key, clients use TLS"),
+    _path("tls_key", "PEM private key of tls_cert"),
+    _path("client_ca", "PEM CA bundle client certificates must chain to (mutual TLS)"),
+    _path("peer_cert", "PEM certificate this node shows other nodes"),
+    _path("peer_key", "PEM private key of peer_cert"),
+    _path("peer_ca", "PEM CA bundle the certificates of other nodes must chain to"),
+    _path("etcd_cert", "PEM client certificate for etcd"),
+    _path("etcd_key", "PEM private key of etcd_cert"),
+    _path("etcd_ca", "PEM CA bundle etcd's certificate must chain to"),
+    _path("cluster_secret_file", "file holding the secret the nodes of the cluster share"),
+    _path("auth_file", "file of the credentials clients authenticate with"),
+)
+
+# Help of the current limits; a new field of Limits gets a generic one
+# (or the "help" of its field metadata) and is a setting all the same.
+_LIMIT_HELP = {
+    "max_sessions": "sessions open at once",
+    "max_handles_per_session": "checkpoint handles open in one session",
+    "max_checkpoints": "live checkpoints",
+    "max_reserved_bytes": "sum of checkpoint_size over live checkpoints: the memory "
+    "the node promises to hold",
+    "max_sections_per_checkpoint": "largest max_sections a checkpoint may be created with",
+    "max_section_size": "largest max_section_size a checkpoint may be created with",
+    "max_section_id_size": "largest max_section_id_size a checkpoint may be created with",
+    "max_iovector_elements": "elements of one read or write call",
+    "max_iterations_per_handle": "section iterations open on one handle",
+    "max_peer_queue_bytes": "bytes shipped to one peer and not acknowledged yet; beyond "
+    "it the peer leaves the in-sync sets and is sent whole again",
+    "max_callback_queue": "callbacks waiting for one session's stream; beyond it "
+    "notifications are merged, then dropped (EventsLost)",
+}
+_KINDS: dict[str, Kind] = {"int": "int", "float": "float", "bool": "bool", "str": "str"}
+
+
+def _limit_metavar(name: str, kind: Kind) -> str:
+    if kind != "int":
+        return ""
+    return "BYTES" if name.endswith(("_bytes", "_size")) else "N"
+
+
+def _limit_options() -> tuple[Option, ...]:
+    defaults = Limits()
+    options = []
+    for field in fields(Limits):
+        annotation = field.type if isinstance(field.type, str) else field.type.__name__
+        kind = _KINDS.get(annotation)
+        if kind is None:
+            raise TypeError(f"Limits.{field.name}: no setting kind for type {annotation}")
+        helps = field.metadata.get("help") or _LIMIT_HELP.get(field.name)
+        options.append(
+            Option(
+                field.name,
+                kind,
+                getattr(defaults, field.name),
+                "limit: " + (helps or field.name.replace("_", " ")),
+                "limits",
+                metavar=_limit_metavar(field.name, kind),
+                check=_at_least(1) if kind == "int" else None,
+            )
+        )
+    return tuple(options)
+
+
+LIMIT_OPTIONS = _limit_options()
+ALL_OPTIONS = OPTIONS + LIMIT_OPTIONS
+_BY_TOML = {(option.table, option.name): option for option in ALL_OPTIONS}
+_BY_NAME = {option.name: option for option in ALL_OPTIONS}
+_TABLES = {group.table for group in GROUPS if group.table}
+# A certificate needs its key and the other way round.
+_PAIRS = (("tls_cert", "tls_key"), ("peer_cert", "peer_key"), ("etcd_cert", "etcd_key"))
+
+
+# --- conversion ------------------------------------------------------------
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+def _from_text(option: Option, text: str) -> Any:
+    """The value of a flag or an environment variable."""
+    kind = option.kind
+    if kind == "str":
+        return text
+    if kind == "choice":
+        value = text.strip().lower()
+        if value not in option.choices:
+            raise ValueError("expected one of " + ", ".join(option.choices))
+        return value
+    if kind == "int":
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if kind == "float":
+        try:
+            return _finite(float(text.strip()))
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if kind == "bool":
+        value = text.strip().lower()
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise ValueError("expected true/false, 1/0 or yes/no")
+    if kind == "list":
+        return () if not text.strip() else tuple(item.strip() for item in text.split(","))
+    return _path_value(option, text, None)
+
+
+def _path_value(option: Option, text: str, base: Path | None) -> Path | None:
+    if text == "":
+        if option.kind == "optional_path":
+            return None
+        raise ValueError("expected a path")
+    path = Path(text).expanduser()
+    return base / path if base is not None and not path.is_absolute() else path
+
+
+def _from_toml(option: Option, value: object, base: Path) -> Any:
+    """The value of a key of the TOML file; relative paths are relative to
+    the file's folder."""
+    kind = option.kind
+    if kind in ("str", "choice", "path", "optional_path"):
+        if not isinstance(value, str):
+            raise ValueError("expected a string")
+        if kind in ("path", "optional_path"):
+            return _path_value(option, value, base)
+        return _from_text(option, value)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("expected an integer")
+        return value
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("expected a number")
+        return _finite(float(value))
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError("expected a list of strings")
+    return tuple(value)
+
+
+# --- the file --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    path: Path
+    values: dict[str, object]
+
+
+def _load_file(flag: str | None, environ: Mapping[str, str], problems: list[str]) -> _File | None:
+    if flag is not None:
+        text, source = flag, "flag --config"
+    else:
+        text, source = environ.get(CONFIG_ENV, ""), f"env {CONFIG_ENV}"
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    try:
+        with path.open("rb") as stream:
+            data = tomllib.load(stream)
+    except OSError as error:
+        problems.append(f"config = {text!r} (from {source}): cannot read: {error.strerror}")
+        return None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        problems.append(f"config file {path} (from {source}): not valid TOML: {error}")
+        return None
+    values: dict[str, object] = {}
+    for key, value in data.items():
+        if key in _TABLES:
+            if not isinstance(value, dict):
+                problems.append(f"config file {path}: {key} must be a table, [{key}]")
+                continue
+            items = [(key, name, item) for name, item in value.items()]
+        else:
+            items = [("", key, value)]
+        for table, name, item in items:
+            option = _BY_TOML.get((table, name))
+            if option is None:
+                problems.append(f"config file {path}: {_unknown(table, name)}")
+            else:
+                values[option.name] = item
+    return _File(path, values)
+
+
+def _unknown(table: str, name: str) -> str:
+    key = f"{table}.{name}" if table else name
+    message = f"unknown key {key!r}"
+    known = _BY_NAME.get(name)
+    if known is not None:
+        return f"{message}: {name} belongs at {known.toml_key}"
+    close = difflib.get_close_matches(key, [option.toml_key for option in ALL_OPTIONS], n=1)
+    return f"{message}; did you mean {close[0]!r}?" if close else message
+
+
+# --- parsing ---------------------------------------------------------------
+
+
+def version() -> str:
+    try:
+        return metadata.version("cps")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cps-server",
         description="CPS node: the OpenClovis checkpoint service over gRPC.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Each setting comes from its flag, else its environment variable, else the "
+        f"config file (--config or {CONFIG_ENV}), else its default. "
+        "See docs/configuration.md.",
+        allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument(
-        "--listen", default="127.0.0.1:50051", help="HOST:PORT to serve on (port 0: any free)"
+        "--config",
+        metavar="FILE",
+        help=f"TOML file of settings [env {CONFIG_ENV}]",
     )
-    parser.add_argument(
-        "--max-message-bytes",
-        type=int,
-        default=80 * MiB,
-        help="largest gRPC message received or sent",
+    groups = {group.key: parser.add_argument_group(group.title) for group in GROUPS}
+    for option in ALL_OPTIONS:
+        where = f"[default: {option.default_text()}; env {option.env}; file {option.toml_key}]"
+        text = f"{option.help} {where}".replace("%", "%%")
+        group = groups[option.group]
+        if option.kind == "bool":
+            group.add_argument(
+                option.cli, dest=option.name, action=argparse.BooleanOptionalAction, help=text
+            )
+        else:
+            group.add_argument(
+                option.cli,
+                dest=option.name,
+                metavar=option.metavar or "{" + ",".join(option.choices) + "}",
+                help=text,
+            )
+    parser.set_defaults(**{option.name: None for option in ALL_OPTIONS})
+    return parser
+
+
+def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """The settings of argv (default: sys.argv[1:]) and environ (default:
+    os.environ). --help and --version exit 0, an unknown flag exits 2
+    (argparse); an invalid setting raises ConfigError naming each problem."""
+    env = os.environ if environ is None else environ
+    args = _parser().parse_args(argv)
+    problems: list[str] = []
+    file = _load_file(args.config, env, problems)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in ALL_OPTIONS:
+        given = getattr(args, option.name)
+        raw: object
+        try:
+            if given is not None:
+                raw, source = given, f"flag {option.cli}"
+                value = given if option.kind == "bool" else _from_text(option, given)
+            elif option.env in env:
+                raw, source = env[option.env], f"env {option.env}"
+                value = _from_text(option, env[option.env])
+            elif file is not None and option.name in file.values:
+                raw = file.values[option.name]
+                source = f"file {file.path}, key {option.toml_key}"
+                value = _from_toml(option, raw, file.path.parent)
+            else:
+                source = "default"
+                factory = option.default_factory
+                value = option.default if factory is None else factory(env)
+                raw = value
+        except ValueError as error:
+            problems.append(f"{option.name} = {raw!r} (from {source}): {error}")
+            continue
+        problem = option.check(value) if option.check is not None else None
+        if problem is not None:
+            if isinstance(value, Path) and str(value) != raw:
+                problem += f" ({value})"  # the path as resolved
+            problems.append(f"{option.name} = {raw!r} (from {source}): {problem}")
+            continue
+        values[option.name] = value
+        sources[option.name] = source
+    problems += _cross_checks(values, sources)
+    if problems:
+        raise ConfigError(problems)
+    limits = Limits(**{option.name: values.pop(option.name) for option in LIMIT_OPTIONS})
+    values["sync"] = values["sync"].upper()
+    return Settings(**values, limits=limits)
+
+
+def _cross_checks(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
+    problems = []
+
+    def needs(name: str, other: str) -> None:
+        value = values.get(name)
+        if value is not None and other in values and values[other] is None:
+            wanted = _BY_NAME[other]
+            problems.append(
+                f"{name} = {str(value)!r} (from {sources[name]}) needs {other} too "
+                f"({wanted.cli}, {wanted.env} or {wanted.toml_key} in the file)"
+            )
+
+    for cert, key in _PAIRS:
+        needs(cert, key)
+        needs(key, cert)
+    needs("client_ca", "tls_cert")
+    return problems
+
+
+# --- the doc ---------------------------------------------------------------
+
+BEGIN = "<!-- BEGIN settings: generated by `python -m cps.server.config --markdown` -->"
+END = "<!-- END settings -->"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown() -> str:
+    """The table of every setting, as in docs/configuration.md."""
+    lines = [
+        "| name | flag | env | TOML key | type | default | meaning |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for group in GROUPS:
+        for option in ALL_OPTIONS:
+            if option.group != group.key:
+                continue
+            flag = f"`{option.cli}`"
+            if option.kind == "bool":
+                flag += f" / `--no-{option.cli[2:]}`"
+            cells = [
+                f"`{option.name}`",
+                flag,
+                f"`{option.env}`",
+                f"`{option.toml_key}`",
+                option.type_text,
+                f"`{option.default_text()}`",
+                option.help,
+            ]
+            lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def update_doc(text: str) -> str:
+    """text with the part between BEGIN and END replaced by markdown()."""
+    head, begin, rest = text.partition(BEGIN)
+    _, end, tail = rest.partition(END)
+    if not begin or not end:
+        raise ValueError(f"no {BEGIN} ... {END} in the document")
+    return f"{head}{BEGIN}\n{markdown()}{END}{tail}"
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cps.server.config")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--markdown", action="store_true", help="print the settings table")
+    action.add_argument(
+        "--update", metavar="FILE", type=Path, help="rewrite the settings table of FILE"
     )
-    parser.add_argument(
-        "--grace-seconds",
-        type=float,
-        default=10.0,
-        help="on SIGTERM/SIGINT, how long in-flight calls may finish",
-    )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-    parser.add_argument(
-        "--keepalive-seconds",
-        type=float,
-        default=30.0,
-        help="interval of HTTP/2 keepalive pings to clients",
-    )
-    parser.add_argument(
-        "--session-timeout-seconds",
-        type=float,
-        default=30.0,
-        help="a session with no Callbacks stream and no calls for this long is finalized",
-    )
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=default_data_dir(),
-        help="where the node keeps its SQLite store",
-    )
-    parser.add_argument(
-        "--persist-server-checkpoints",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep server checkpoints in the store too, so they survive a restart "
-        "(the seed: with no peer for a backup, replicate in persistent memory)",
-    )
-    parser.add_argument(
-        "--sync",
-        choices=["full", "normal"],
-        default="full",
-        help="SQLite synchronous mode: full survives power loss, normal survives a "
-        "crash of the server process only",
-    )
-    parser.add_argument(
-        "--metrics-listen",
-        default="",
-        help="HOST:PORT of the Prometheus /metrics endpoint (empty: off)",
-    )
-    parser.add_argument(
-        "--node-name",
-        default="",
-        help="this node's name in the cluster (default: the address it advertises)",
-    )
-    parser.add_argument(
-        "--advertise",
-        default="",
-        help="HOST:PORT other nodes and clients reach this node at (default: the listen "
-        "address with the port it bound)",
-    )
-    parser.add_argument(
-        "--etcd-endpoints",
-        default="",
-        help="H1:P1,H2:P2,... of the etcd cluster that coordinates the CPS cluster "
-        "(empty: a single node, nothing else needed)",
-    )
-    parser.add_argument("--cluster-name", default="cps", help="the CPS cluster to join")
-    parser.add_argument(
-        "--replicas", type=int, default=2, help="replicas of each checkpoint (the active included)"
-    )
-    parser.add_argument(
-        "--lease-ttl",
-        type=float,
-        default=3.0,
-        help="seconds: a node that stops renewing its lease this long is taken over",
-    )
-    parser.add_argument(
-        "--replica-timeout-seconds",
-        type=float,
-        default=1.0,
-        help="a replica that does not acknowledge a synchronous write this fast leaves "
-        "the in-sync set",
-    )
-    defaults = Limits()
-    for field in fields(Limits):
-        parser.add_argument(
-            _limit_flag(field.name),
-            type=int,
-            default=getattr(defaults, field.name),
-            help=f"limit: {field.name.replace('_', ' ')}",
-        )
     args = parser.parse_args(argv)
-    limits = Limits(**{field.name: getattr(args, field.name) for field in fields(Limits)})
-    for field in fields(Limits):
-        if getattr(limits, field.name) < 1:
-            parser.error(f"{_limit_flag(field.name)} must be at least 1")
-    return Settings(
-        listen=args.listen,
-        max_message_bytes=args.max_message_bytes,
-        grace_seconds=args.grace_seconds,
-        log_level=args.log_level,
-        keepalive_seconds=args.keepalive_seconds,
-        session_timeout_seconds=args.session_timeout_seconds,
-        data_dir=args.data_dir,
-        persist_server_checkpoints=args.persist_server_checkpoints,
-        sync=args.sync.upper(),
-        metrics_listen=args.metrics_listen,
-        node_name=args.node_name,
-        advertise=args.advertise,
-        etcd_endpoints=tuple(e for e in args.etcd_endpoints.split(",") if e),
-        cluster_name=args.cluster_name,
-        replicas=args.replicas,
-        lease_ttl_seconds=args.lease_ttl,
-        replica_timeout_seconds=args.replica_timeout_seconds,
-        limits=limits,
-    )
+    if args.markdown:
+        sys.stdout.write(markdown())
+    else:
+        path: Path = args.update
+        path.write_text(update_doc(path.read_text()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -12,7 +12,12 @@ from .storage.sqlite_store import StoreError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = config.parse(argv)
+    try:
+        settings = config.parse(argv)
+    except config.ConfigError as error:
+        for problem in error.problems:
+            print(f"cps-server: {problem}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level)
     try:
         asyncio.run(serve(settings))
