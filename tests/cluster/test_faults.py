@@ -341,7 +341,10 @@ def test_an_interrupted_weak_write_leaves_its_sections_corrupted(
 
 def _chosen(reader: Client, handle: int, chosen: int) -> list[bytes]:
     iteration = reader.stub.SectionIterationInitialize(
-        pb.SectionIterationInitializeRequest(checkpoint_handle=handle, sections_chosen=chosen)
+        pb.SectionIterationInitializeRequest(
+            checkpoint_handle=handle,
+            sections_chosen=chosen,  # type: ignore[arg-type]
+        )
     ).section_iteration_handle
     ids: list[bytes] = []
     while True:

@@ -45,9 +45,9 @@ class ClusterParts:
     def __init__(self, node: Node, settings: Settings) -> None:
         keys = Keys(settings.cluster_name)
         self.etcd = Etcd(settings.etcd_endpoints)
-        # etcd leases are whole seconds.
-        ttl = max(1, round(settings.lease_ttl_seconds))
-        self.membership = Membership(self.etcd, keys, node.me, node.advertise, _version(), ttl)
+        self.membership = Membership(
+            self.etcd, keys, node.me, node.advertise, _version(), settings.lease_ttl_seconds
+        )
         self.directory = EtcdDirectory(self.etcd, keys, self.membership, settings.replicas)
         self.channels = Channels(settings.max_message_bytes)
         self.backups = Backups(node.replicas, node._deliver)

@@ -403,8 +403,7 @@ OPTIONS: tuple[Option, ...] = (
         "advertise",
         "str",
         "",
-        "HOST:PORT at which other nodes and clients reach this node (empty: derived "
-        "from listen)",
+        "HOST:PORT at which other nodes and clients reach this node (empty: derived from listen)",
         "cluster",
         metavar="HOST:PORT",
         check=_address(optional=True, port_zero=False),

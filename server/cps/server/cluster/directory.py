@@ -14,10 +14,9 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
-from cps.server.core.directory import Member, Record, rendezvous
+from cps.server.core.directory import Member, NameTaken, Record, rendezvous
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.types import CreationAttributes
-from cps.server.service.ports import NameTaken
 
 from .etcd import (
     Compacted,

@@ -50,6 +50,14 @@ class Record:
         return member in self.replicas
 
 
+class NameTaken(Exception):
+    """Directory.create lost the race: the name exists (``record``)."""
+
+    def __init__(self, record: Record) -> None:
+        super().__init__(record.name)
+        self.record = record
+
+
 def rendezvous(name: str, candidates: Iterable[Member], count: int) -> list[Member]:
     """``count`` members chosen for a checkpoint by highest random weight:
     the same on every node, and spread evenly; a member that goes away moves

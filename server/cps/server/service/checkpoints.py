@@ -15,7 +15,7 @@ from typing import cast
 
 from cps.server.core import calls as c
 from cps.server.core.clock import Clock
-from cps.server.core.directory import Record
+from cps.server.core.directory import NameTaken, Record
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.events import Notification, OpenCompleted, SynchronizeCompleted
 from cps.server.core.limits import Limits
@@ -38,7 +38,7 @@ from cps.server.core.types import (
 
 from .active import ActiveReplicas, require_active
 from .openers import OpenerReports
-from .ports import Directory, Forwarder, NameTaken
+from .ports import Directory, Forwarder
 
 log = logging.getLogger("cps.service")
 

@@ -17,14 +17,6 @@ from cps.server.core.rules import Answer
 from cps.server.core.types import CreationAttributes
 
 
-class NameTaken(Exception):
-    """Directory.create lost the race: the name exists (``record``)."""
-
-    def __init__(self, record: Record) -> None:
-        super().__init__(record.name)
-        self.record = record
-
-
 class Directory(Protocol):
     """The records of every checkpoint instance (core/directory.py)."""
 
