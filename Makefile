@@ -15,7 +15,7 @@ PROTOC_MYPY := --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 LISTEN ?= 127.0.0.1:50051
 STAMP := $(VENV)/.installed
 
-.PHONY: toolchains install proto proto-check lint test run bench bench-quick clean stubs breaking
+.PHONY: toolchains install proto proto-check lint lint-deploy test test-faults run bench bench-quick clean stubs breaking
 
 # Editable install with the dev tools, redone when pyproject.toml changes.
 install: $(STAMP)
@@ -56,6 +56,14 @@ lint: $(STAMP) breaking
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server client_py tests bench
 	cd $(PROTO_DIR) && ../$(BIN)/buf lint
+
+# The deployment files of docker/, offline (docs/deployment.md): Kubernetes
+# manifests and compose files against the JSON schemas bundled in the dev
+# extra's packages, cps-server flags, hadolint, shellcheck; and mypy on the
+# scripts outside the folders that `lint` hands to mypy.
+lint-deploy: $(STAMP)
+	$(BIN)/python scripts/validate_deploy.py
+	$(BIN)/mypy scripts/validate_deploy.py docker/healthcheck.py
 
 # Fails when protos/ breaks the committed baseline of the last release (a
 # change that would break existing stubs): docs/clients/compatibility.md.
