@@ -51,7 +51,7 @@ proto-check: proto
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || \
 		{ echo "untracked generated files:"; git status --porcelain -- $(GENERATED); exit 1; }
 
-lint: $(STAMP) breaking
+lint: $(STAMP) breaking lint-deploy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy server client_py tests bench
@@ -91,6 +91,15 @@ toolchains:
 
 test: $(STAMP) toolchains
 	$(BIN)/pytest -q
+
+# The cluster fault tests (kill -9, pause, partition, restart, etcd loss)
+# FAULT_ROUNDS times in a row (make test runs them once).
+FAULT_ROUNDS ?= 5
+test-faults: $(STAMP) toolchains
+	for round in $$(seq $(FAULT_ROUNDS)); do \
+		echo "fault round $$round of $(FAULT_ROUNDS)"; \
+		$(BIN)/pytest -q tests/cluster/test_faults.py || exit 1; \
+	done
 
 run: $(STAMP)
 	$(BIN)/cps-server --listen $(LISTEN)
