@@ -15,7 +15,7 @@ PROTOC_MYPY := --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy \
 LISTEN ?= 127.0.0.1:50051
 STAMP := $(VENV)/.installed
 
-.PHONY: toolchains install proto proto-check lint lint-deploy test test-faults run bench bench-quick clean stubs breaking
+.PHONY: toolchains install proto proto-check lint lint-deploy test test-faults run cluster bench bench-quick clean stubs breaking
 
 # Editable install with the dev tools, redone when pyproject.toml changes.
 install: $(STAMP)
@@ -103,6 +103,10 @@ test-faults: $(STAMP) toolchains
 
 run: $(STAMP)
 	$(BIN)/cps-server --listen $(LISTEN)
+
+# Three nodes and a 3-member etcd on this machine (Ctrl-C stops them all).
+cluster: $(STAMP) toolchains
+	bash scripts/local-cluster.sh
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --out bench/RESULTS.md

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from .cluster.backup import Backups
 from .cluster.channels import Channels
 from .cluster.director import Director
 from .cluster.directory import EtcdDirectory
-from .cluster.etcd import Etcd
+from .cluster.etcd import Etcd, EtcdError
 from .cluster.forwarder import Forwarder
 from .cluster.membership import Membership
 from .cluster.peer_server import PeerGate, PeerService
@@ -69,6 +70,7 @@ class ClusterParts:
             self.etcd, keys, self.membership, self.directory, settings.replicas
         )
         self._health: asyncio.Task[None] | None = None
+        self._joining: asyncio.Task[None] | None = None
 
     def wire(self, node: Node) -> None:
         """Once the node's use cases exist."""
@@ -108,10 +110,15 @@ class ClusterParts:
         )
 
     async def start(self, node: Node) -> None:
-        await self.membership.join()
-        await self.directory.start()
-        self.director.start()
+        """Join (waiting for etcd as long as it takes: nodes and etcd may
+        start in any order), then follow the directory."""
         self._health = asyncio.create_task(self._report_health(node))
+        self._joining = asyncio.create_task(self._join())
+
+    async def _join(self) -> None:
+        await _until_done(self.membership.join)
+        await _until_done(self.directory.start)
+        self.director.start()
 
     async def _report_health(self, node: Node) -> None:
         """grpc.health.v1 follows readiness: NOT_SERVING while joining,
@@ -128,9 +135,24 @@ class ClusterParts:
     async def stop(self) -> None:
         if self._health is not None:
             self._health.cancel()
+        if self._joining is not None:
+            self._joining.cancel()
         await self.director.stop()
         await self.membership.leave()  # the others take over at once
         await self.directory.stop()
         await self.replication.close()
         await self.channels.close()
         await self.etcd.close()
+
+
+async def _until_done(step: Callable[[], Awaitable[None]]) -> None:
+    """Try ``step`` until etcd lets it through."""
+    pause = 0.2
+    while True:
+        try:
+            await step()
+            return
+        except EtcdError as error:
+            log.warning("cannot join the cluster yet", extra={"why": str(error)})
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)

@@ -26,6 +26,18 @@ from .etcd_cluster import free_ports
 SERVER = str(Path(sys.executable).parent / "cps-server")
 
 
+def health_of(address: str, timeout: float = 1.0) -> int | None:
+    """grpc.health.v1 status of service "" (None: no answer)."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+    except grpc.RpcError:
+        return None
+    return int(response.status)
+
+
 class CpsNode:
     def __init__(self, cluster: CpsCluster, index: int, port: int) -> None:
         self.cluster = cluster
@@ -93,15 +105,7 @@ class CpsNode:
         self.paused = False
 
     def health(self, timeout: float = 1.0) -> int | None:
-        """grpc.health.v1 status of service "" (None: no answer)."""
-        try:
-            with grpc.insecure_channel(self.address) as channel:
-                response = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=timeout
-                )
-        except grpc.RpcError:
-            return None
-        return int(response.status)
+        return health_of(self.address, timeout)
 
     def wait_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

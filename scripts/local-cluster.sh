@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# A CPS cluster on this machine: a 3-member etcd and 3 cps-server nodes on
+# loopback, logs and data in a temporary folder, everything stopped on
+# Ctrl-C (or SIGTERM). `make cluster` runs it.
+#
+#   nodes  127.0.0.1:50051, 127.0.0.1:50052, 127.0.0.1:50053
+#   etcd   127.0.0.1:2379, 127.0.0.1:22379, 127.0.0.1:32379
+#
+# Environment: CPS_BASE_PORT (50051), ETCD_BASE_PORT (2379), CLUSTER_DIR
+# (a new temporary folder), BIN (.venv/bin).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${BIN:-.venv/bin}
+ETCD=${ETCD:-etcd}
+CPS_BASE_PORT=${CPS_BASE_PORT:-50051}
+ETCD_BASE_PORT=${ETCD_BASE_PORT:-2379}
+CLUSTER_DIR=${CLUSTER_DIR:-$(mktemp -d -t cps-cluster-XXXXXX)}
+command -v "$ETCD" >/dev/null || { echo "local-cluster: no etcd (apt-get install etcd-server)" >&2; exit 1; }
+
+pids=()
+cps_pids=()
+stop() {
+    trap - INT TERM EXIT
+    echo "local-cluster: stopping"
+    # The nodes first (they hand their checkpoints over through etcd), then etcd.
+    for pid in "${cps_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${cps_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # etcd's data is temporary: no need for its slow clean stop.
+    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    echo "local-cluster: stopped (logs in $CLUSTER_DIR)"
+    exit 0
+}
+trap stop INT TERM EXIT
+
+initial=""
+for i in 0 1 2; do
+    peer=$((ETCD_BASE_PORT + 1 + i * 10000))
+    initial+="${initial:+,}e$i=http://127.0.0.1:$peer"
+done
+endpoints=""
+for i in 0 1 2; do
+    client=$((ETCD_BASE_PORT + i * 10000))
+    peer=$((client + 1))
+    endpoints+="${endpoints:+,}127.0.0.1:$client"
+    "$ETCD" --name "e$i" --data-dir "$CLUSTER_DIR/etcd-$i" \
+        --listen-client-urls "http://127.0.0.1:$client" \
+        --advertise-client-urls "http://127.0.0.1:$client" \
+        --listen-peer-urls "http://127.0.0.1:$peer" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+        --initial-cluster "$initial" --initial-cluster-state new \
+        --initial-cluster-token cps-local >"$CLUSTER_DIR/etcd-$i.log" 2>&1 &
+    pids+=($!)
+done
+
+for i in 0 1 2; do
+    port=$((CPS_BASE_PORT + i))
+    "$BIN/cps-server" --listen "127.0.0.1:$port" --node-name "n$i" \
+        --data-dir "$CLUSTER_DIR/cps-$i" --etcd-endpoints "$endpoints" \
+        --cluster-name local --grace-seconds 2 >"$CLUSTER_DIR/cps-$i.log" 2>&1 &
+    pids+=($!)
+    cps_pids+=($!)
+done
+
+echo "local-cluster: etcd $endpoints"
+echo "local-cluster: nodes 127.0.0.1:$CPS_BASE_PORT,127.0.0.1:$((CPS_BASE_PORT + 1)),127.0.0.1:$((CPS_BASE_PORT + 2))"
+echo "local-cluster: logs in $CLUSTER_DIR; Ctrl-C stops everything"
+# Until a process ends or we are told to stop.
+wait -n "${pids[@]}" || true
+echo "local-cluster: a process ended early; see its log in $CLUSTER_DIR" >&2
+exit 1
