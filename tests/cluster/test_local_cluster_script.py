@@ -26,7 +26,13 @@ def test_the_local_cluster_script_starts_a_working_cluster_and_stops_it(tmp_path
         (base,) = free_ports(1)
         if base < 60000 and all(_free(base + i) for i in (1, 2)):
             break
-    etcd_base = 20000 + base % 5000
+    nodes = {base, base + 1, base + 2}
+    while True:
+        (etcd_base,) = free_ports(1)
+        etcd_base = 20000 + etcd_base % 5000
+        etcd_ports = {etcd_base + m * 10000 + offset for m in range(3) for offset in (0, 1)}
+        if not etcd_ports & nodes and all(_free(port) for port in etcd_ports):
+            break
     env = {
         **os.environ,
         "CPS_BASE_PORT": str(base),

@@ -189,3 +189,18 @@ def test_read_only_data_dir_is_refused() -> None:
         message = start_fails(read_only)
         assert "not writable" in message
         assert list(read_only.iterdir()) == []
+
+
+def test_a_second_node_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
+    with ServerProcess.start("--data-dir", str(tmp_path)):
+        message = start_fails(tmp_path)
+    assert "in use" in message or "locked" in message, message
+
+
+def test_a_second_node_on_a_busy_address_is_refused(tmp_path: Path) -> None:
+    with ServerProcess.start() as first:
+        command = [SERVER, "--listen", first.address, "--data-dir", str(tmp_path)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on {first.address}" in result.stderr
+    assert "Traceback" not in result.stderr

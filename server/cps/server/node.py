@@ -71,9 +71,12 @@ class Node:
         limits = settings.limits
         self.clock = LoopClock()
         self.server = _grpc_server(settings)
-        self.port = self.server.add_insecure_port(settings.listen)
+        try:
+            self.port = self.server.add_insecure_port(settings.listen)
+        except RuntimeError:  # grpc's "Failed to bind": the address is taken
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {settings.listen}")
+            raise OSError(f"cannot listen on {settings.listen}: the address is in use or not ours")
         self.advertise = settings.advertise or _advertise(settings.listen, self.port)
         self.me = Member(settings.node_name or self.advertise, secrets.randbits(63))
         store = SqliteStore.open(settings.data_dir, settings.sync)
