@@ -54,11 +54,16 @@ for i in 0 1 2; do
     pids+=($!)
 done
 
+# The nodes know each other by a shared secret (plaintext on loopback;
+# docs/security.md has TLS).
+secret="$CLUSTER_DIR/cluster-secret"
+(umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$secret")
+
 for i in 0 1 2; do
     port=$((CPS_BASE_PORT + i))
     "$BIN/cps-server" --listen "127.0.0.1:$port" --node-name "n$i" \
         --data-dir "$CLUSTER_DIR/cps-$i" --etcd-endpoints "$endpoints" \
-        --cluster-name local --grace-seconds 2 >"$CLUSTER_DIR/cps-$i.log" 2>&1 &
+        --cluster-name local --cluster-secret-file "$secret" --grace-seconds 2 >"$CLUSTER_DIR/cps-$i.log" 2>&1 &
     pids+=($!)
     cps_pids+=($!)
 done

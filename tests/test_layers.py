@@ -28,6 +28,7 @@ ALLOWED: dict[str, set[str]] = {
     "failpoints": set(),
     "logs": set(),
     "config": {"core"},
+    "security": {"config"},
     "main": {"config", "logs", "node", "storage"},
     "node": {"*"},
     "cluster_parts": {"*"},

@@ -99,11 +99,12 @@ def test_config_flag_beats_config_env(tmp_path: Path) -> None:
     assert parse(["--config", ""], {"CPS_CONFIG": str(by_env)}).workers == 1
 
 
-def test_env_values() -> None:
+def test_env_values(tmp_path: Path) -> None:
     environ = {
         "CPS_PERSIST_SERVER_CHECKPOINTS": "no",
         "CPS_SYNC": "Normal",
         "CPS_ETCD_ENDPOINTS": "etcd-0:2379, etcd-1:2379",
+        "CPS_CLUSTER_SECRET_FILE": str(write(tmp_path / "secret", "s3cret")),
         "CPS_DATA_DIR": "/data",
         "CPS_LOG_LEVEL": "DEBUG",
     }
@@ -150,6 +151,7 @@ def test_file_paths_are_relative_to_the_file(tmp_path: Path) -> None:
     file = write(
         tmp_path / "cps.toml",
         '[storage]\ndata_dir = "data"\n[tls]\ntls_cert = "tls/s.pem"\ntls_key = "tls/k.pem"\n'
+        'peer_ca = "tls/s.pem"\ncluster_secret_file = "tls/k.pem"\n'
         '[cluster]\netcd_endpoints = ["a:2379", "[::1]:2379"]\n',
     )
     settings = parse(["--config", str(file)], {})
@@ -350,7 +352,8 @@ def test_a_cert_needs_its_key(pem: Path, given: str, missing: str) -> None:
 
 
 def test_complete_tls_settings(pem: Path) -> None:
-    names = [option.name for option in config.OPTIONS if option.group == "tls"]
+    # auth_file is refused until authorization exists (its own test).
+    names = [o.name for o in config.OPTIONS if o.group == "tls" and o.name != "auth_file"]
     argv = [arg for name in names for arg in ("--" + name.replace("_", "-"), str(pem))]
     settings = parse(argv, {})
     assert all(getattr(settings, name) == pem for name in names)
@@ -496,3 +499,36 @@ def test_server_version() -> None:
     )
     assert done.returncode == 0
     assert done.stdout.strip() == f"cps-server {metadata.version('cps')}"
+
+
+# --- peers only (docs/security.md) --------------------------------------------
+
+
+def test_a_cluster_node_needs_a_secret_or_mutual_tls(tmp_path: Path) -> None:
+    message = problems(["--etcd-endpoints", "e:2379"])
+    assert "--cluster-secret-file" in message
+    secret = write(tmp_path / "secret", "s3cret")
+    parse(["--etcd-endpoints", "e:2379", "--cluster-secret-file", str(secret)], {})
+    # Nothing of it is asked of a single node.
+    assert parse([], {}).cluster_secret_file is None
+
+
+def test_mutual_tls_between_nodes_needs_the_peer_settings(tmp_path: Path) -> None:
+    pem = {name: str(write(tmp_path / f"{name}.pem", name)) for name in ("cert", "key", "a", "b")}
+    tls = ["--etcd-endpoints", "e:2379", "--tls-cert", pem["cert"], "--tls-key", pem["key"]]
+    assert "needs peer_ca" in problems([*tls, "--client-ca", pem["a"]])
+    assert "needs peer_cert" in problems([*tls, "--client-ca", pem["a"], "--peer-ca", pem["b"]])
+    peers = ["--peer-cert", pem["cert"], "--peer-key", pem["key"], "--peer-ca", pem["b"]]
+    settings = parse([*tls, "--client-ca", pem["a"], *peers], {})
+    assert settings.peer_ca == Path(pem["b"])
+    # One CA for clients and peers: a client certificate would pass as a
+    # peer's, so the secret is required on top.
+    same = [*tls, "--client-ca", pem["b"], *peers]
+    assert "same CA" in problems(same)
+    secret = str(write(tmp_path / "secret", "s3cret"))
+    parse([*same, "--cluster-secret-file", secret], {})
+
+
+def test_authorization_file_is_refused_until_implemented(tmp_path: Path) -> None:
+    table = write(tmp_path / "auth.toml", "")
+    assert "not implemented yet" in problems(["--auth-file", str(table)])

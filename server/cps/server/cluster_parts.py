@@ -20,11 +20,12 @@ from .cluster.directory import EtcdDirectory
 from .cluster.etcd import Etcd, EtcdError
 from .cluster.forwarder import Forwarder
 from .cluster.membership import Membership
-from .cluster.peer_server import PeerGate, PeerService
+from .cluster.peer_server import SECRET_HEADER, PeerGate, PeerService
 from .cluster.records import Keys
 from .cluster.replication import Replication
 from .config import Settings
 from .core.errors import CkptError, ErrorCode
+from .security import etcd_credentials, peer_credentials
 from .service.coordinator import Coordinator
 
 if TYPE_CHECKING:
@@ -45,12 +46,14 @@ def _version() -> str:
 class ClusterParts:
     def __init__(self, node: Node, settings: Settings) -> None:
         keys = Keys(settings.cluster_name)
-        self.etcd = Etcd(settings.etcd_endpoints)
+        self.peers = peer_credentials(settings)
+        self.etcd = Etcd(settings.etcd_endpoints, credentials=etcd_credentials(settings))
         self.membership = Membership(
             self.etcd, keys, node.me, node.advertise, _version(), settings.lease_ttl_seconds
         )
         self.directory = EtcdDirectory(self.etcd, keys, self.membership, settings.replicas)
-        self.channels = Channels(settings.max_message_bytes)
+        secret = () if self.peers.secret is None else ((SECRET_HEADER, self.peers.secret.decode()),)
+        self.channels = Channels(settings.max_message_bytes, self.peers.channel, secret)
         self.backups = Backups(node.replicas, node._deliver)
         self.replication = Replication(
             node.replicas,
@@ -91,7 +94,7 @@ class ClusterParts:
                 self.backups,
                 node.active.run,
                 node.active.stop,
-                PeerGate(None),
+                PeerGate(self.peers.secret, self.peers.peer_ca),
             ),
             node.server,
         )

@@ -772,7 +772,54 @@ def _cross_checks(values: Mapping[str, Any], sources: Mapping[str, str]) -> list
         needs(cert, key)
         needs(key, cert)
     needs("client_ca", "tls_cert")
+    if values.get("auth_file") is not None:
+        problems.append(
+            f"auth_file (from {sources['auth_file']}): per-identity authorization is not "
+            "implemented yet; refusing to start rather than run without it (docs/security.md)"
+        )
+    if values.get("etcd_endpoints"):
+        problems += _peer_checks(values)
     return problems
+
+
+def _peer_checks(values: Mapping[str, Any]) -> list[str]:
+    """A cluster node serves node-to-node calls only to peers: by
+    certificate (mutual TLS, the port requiring client certificates) or by
+    the cluster secret (docs/security.md)."""
+    tls = values.get("tls_cert") is not None
+    problems = []
+    if tls and values.get("peer_ca") is None:
+        problems.append(
+            "tls_cert in a cluster needs peer_ca too: the CA that signed the other nodes' "
+            "certificates (--peer-ca)"
+        )
+    if tls and values.get("client_ca") is not None and values.get("peer_cert") is None:
+        problems.append(
+            "client_ca in a cluster needs peer_cert and peer_key: the port requires a "
+            "certificate of every caller, the other nodes included (--peer-cert, --peer-key)"
+        )
+    if values.get("cluster_secret_file") is None:
+        if not (tls and values.get("client_ca") is not None):
+            problems.append(
+                "a cluster node needs a way to know its peers: mutual TLS (tls_cert, "
+                "client_ca, peer_cert, peer_key, peer_ca) or a shared secret "
+                "(--cluster-secret-file)"
+            )
+        elif _same_bytes(values.get("client_ca"), values.get("peer_ca")):
+            problems.append(
+                "client_ca and peer_ca are the same CA, so any client certificate would "
+                "pass as a peer: give the nodes a shared secret too (--cluster-secret-file)"
+            )
+    return problems
+
+
+def _same_bytes(first: Path | None, second: Path | None) -> bool:
+    if first is None or second is None:
+        return False
+    try:
+        return first.read_bytes().strip() == second.read_bytes().strip()
+    except OSError:
+        return False
 
 
 # --- the doc ---------------------------------------------------------------

@@ -32,6 +32,7 @@ from .core.replica import Changes, Ref
 from .core.replicas import Replicas
 from .core.sessions import Sessions
 from .metrics import METRICS, Metrics, serve_metrics
+from .security import server_credentials
 from .service.active import ActiveReplicas
 from .service.checkpoints import Checkpoints
 from .service.clock import LoopClock
@@ -71,8 +72,12 @@ class Node:
         limits = settings.limits
         self.clock = LoopClock()
         self.server = _grpc_server(settings)
+        credentials = server_credentials(settings)
         try:
-            self.port = self.server.add_insecure_port(settings.listen)
+            if credentials is None:
+                self.port = self.server.add_insecure_port(settings.listen)
+            else:
+                self.port = self.server.add_secure_port(settings.listen, credentials)
         except RuntimeError:  # grpc's "Failed to bind": the address is taken
             self.port = 0
         if self.port == 0:

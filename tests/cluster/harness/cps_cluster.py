@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,10 +27,16 @@ from .etcd_cluster import free_ports
 SERVER = str(Path(sys.executable).parent / "cps-server")
 
 
-def health_of(address: str, timeout: float = 1.0) -> int | None:
+def health_of(
+    address: str, timeout: float = 1.0, credentials: grpc.ChannelCredentials | None = None
+) -> int | None:
     """grpc.health.v1 status of service "" (None: no answer)."""
     try:
-        with grpc.insecure_channel(address) as channel:
+        with (
+            grpc.insecure_channel(address)
+            if credentials is None
+            else grpc.secure_channel(address, credentials)
+        ) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=timeout
             )
@@ -79,6 +86,11 @@ class CpsNode:
             self.cluster.name,
             "--grace-seconds",
             "1",
+            *(
+                ("--cluster-secret-file", str(self.cluster.secret_file))
+                if self.cluster.secret
+                else ()
+            ),
             *self.cluster.flags,
         ]
         with self.log_path.open("ab") as log:
@@ -105,7 +117,7 @@ class CpsNode:
         self.paused = False
 
     def health(self, timeout: float = 1.0) -> int | None:
-        return health_of(self.address, timeout)
+        return health_of(self.address, timeout, self.cluster.credentials)
 
     def wait_serving(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -133,13 +145,25 @@ class CpsNode:
 
 class CpsCluster:
     def __init__(
-        self, etcd_endpoints: Sequence[str], size: int = 3, flags: Sequence[str] = ()
+        self,
+        etcd_endpoints: Sequence[str],
+        size: int = 3,
+        flags: Sequence[str] = (),
+        *,
+        secret: bool = True,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.etcd_endpoints = list(etcd_endpoints)
+        self.secret = secret  # the nodes get --cluster-secret-file
+        self.credentials = credentials  # of health checks, for nodes that speak TLS
         self.name = "t" + uuid.uuid4().hex[:10]  # a cluster of its own in the shared etcd
         self.flags = list(flags)
         self._folder = tempfile.TemporaryDirectory(prefix="cps-cluster-")
         self.folder = Path(self._folder.name)
+        # The nodes know each other by this secret (no TLS here: docs/security.md).
+        self.secret_file = self.folder / "cluster-secret"
+        self.secret_file.write_text(secrets.token_hex(32))
+        self.secret_file.chmod(0o600)
         self.nodes = [CpsNode(self, i, port) for i, port in enumerate(free_ports(size))]
 
     @property

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from cps.peer.v1 import peer_pb2 as pb
 from cps.peer.v1 import peer_pb2_grpc as pb_grpc
@@ -34,19 +36,45 @@ SECRET_HEADER = "x-cps-cluster-secret"
 
 
 class PeerGate:
-    """Who may call the peer service: a peer certificate when TLS is on
-    (the server then requires one signed by the peer CA), else the cluster
-    secret in every call's metadata, when one is set."""
+    """Who may call the peer service (docs/security.md): with mutual TLS, a
+    caller whose certificate the peer CA signed (the port already checked the
+    chain against the client and peer CAs; this tells the two apart); with a
+    cluster secret, a caller that sends it in every call's metadata. A node
+    configured with both requires both."""
 
-    def __init__(self, secret: bytes | None) -> None:
+    def __init__(self, secret: bytes | None, peer_ca: bytes | None = None) -> None:
         self.secret = secret
+        self.authorities = _certificates(peer_ca) if peer_ca else []
 
     async def check(self, context: Context) -> None:
-        if self.secret is None:
-            return
-        given = dict(context.invocation_metadata() or ()).get(SECRET_HEADER, "")
-        if not hmac.compare_digest(str(given).encode(), self.secret):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not a peer of this cluster")
+        if self.authorities and not self._signed_by_peer_ca(context):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "this certificate is not a peer's"
+            )
+        if self.secret is not None:
+            given = dict(context.invocation_metadata() or ()).get(SECRET_HEADER, "")
+            if not hmac.compare_digest(str(given).encode(), self.secret):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "not a peer of this cluster")
+
+    def _signed_by_peer_ca(self, context: Context) -> bool:
+        presented = (context.auth_context() or {}).get("x509_pem_cert") or []
+        if not presented:
+            return False
+        try:
+            leaf = x509.load_pem_x509_certificate(presented[0])
+        except ValueError:
+            return False
+        for authority in self.authorities:
+            try:
+                leaf.verify_directly_issued_by(authority)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return True
+        return False
+
+
+def _certificates(pem: bytes) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(pem)
 
 
 class PeerService(pb_grpc.PeerServiceServicer):
