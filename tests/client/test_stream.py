@@ -15,10 +15,12 @@ from cps.client import (
     CkptError,
     CreationAttributes,
     DispatchFlags,
+    InvalidHandleError,
     Session,
     TryAgainError,
 )
 from cps.client._pending import PendingQueue, QueueClosed
+from cps.client._router import QueueItem, Received
 from cps.client._stream import CallbackStream
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import checkpoint_service_pb2_grpc as pb_grpc
@@ -63,19 +65,25 @@ def test_queue_failure_is_sticky_after_the_items() -> None:
 
 
 def test_a_sequence_gap_becomes_a_dropped_callback() -> None:
-    queue: PendingQueue[pb.Callback] = PendingQueue()
+    queue: PendingQueue[QueueItem] = PendingQueue()
     stream = CallbackStream(stub=None, service_handle=1, queue=queue)
     for sequence in (1, 2, 5, 6):
         stream._receive(pb.Callback(sequence=sequence, dropped=pb.CallbacksDropped(count=0)))
     received = []
-    while (callback := queue.take()) is not None:
-        received.append((callback.sequence, callback.dropped.count))
+    while (item := queue.take()) is not None:
+        assert isinstance(item, Received)
+        received.append((item.callback.sequence, item.callback.dropped.count))
     assert received == [(1, 0), (2, 0), (0, 2), (5, 0), (6, 0)]
 
 
-def test_a_stopped_node_ends_the_session_for_dispatch() -> None:
-    with ServerProcess.start("--grace-seconds", "1") as server:
-        session = Session.connect(server.address, Callbacks(), timeout=5)
+def test_a_stopped_node_ends_a_session_on_the_callers_channel_for_dispatch() -> None:
+    """A session on the caller's channel never moves: the node's end is the
+    session's (Session.connect would open it again on a node of its list)."""
+    with (
+        ServerProcess.start("--grace-seconds", "1") as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        session = Session(channel, Callbacks(), timeout=5)
         session.open("held", CreationAttributes())
         fd = session.selection_object()
         assert not readable(fd)
@@ -95,13 +103,14 @@ def test_a_stopped_node_ends_the_session_for_dispatch() -> None:
             session.dispatch()
 
 
-def test_a_restarted_node_no_longer_knows_the_session() -> None:
+def test_a_restarted_node_no_longer_knows_a_session_on_the_callers_channel() -> None:
     """A killed node breaks the stream (retried); the node that comes back on
     the same port answers the re-attach with BAD_HANDLE, which dispatch
-    raises."""
+    raises (no failover on the caller's channel)."""
     with ServerProcess.start() as first:
         port = first.port
-        session = Session.connect(first.address, timeout=5)
+        channel = grpc.insecure_channel(first.address)
+        session = Session(channel, timeout=5)
         fd = session.selection_object()
         first.popen.kill()
         first.popen.wait(15)
@@ -114,6 +123,38 @@ def test_a_restarted_node_no_longer_knows_the_session() -> None:
             assert isinstance(caught.value, CkptError)
             with pytest.raises(BadHandleError):
                 session.finalize()
+        channel.close()
+
+
+def test_a_connected_session_comes_back_on_its_restarted_node() -> None:
+    """Session.connect re-establishes its session when its (only) node
+    restarts: the same Checkpoint object works again once the node is back
+    (it keeps its checkpoints on disk), and dispatch reports the move."""
+    moves: list[str] = []
+    with ServerProcess.start() as first:
+        port = first.port
+        session = Session.connect(
+            first.address, Callbacks(moved=lambda node, lost: moves.append(node)), timeout=5
+        )
+        checkpoint = session.open("comes-back", CreationAttributes(max_sections=2))
+        section = checkpoint.section_create(b"s", b"v1")
+        old_session, old_handle = session.handle, checkpoint.handle
+        first.popen.kill()
+        first.popen.wait(15)
+        with ServerProcess.start("--listen", f"127.0.0.1:{port}") as second:
+            assert second.port == port
+            assert readable(session.selection_object(), timeout=20)
+            assert session.dispatch() == 1
+            assert moves == [second.address]
+            assert session.handle != old_session
+            # A new node process with another data dir: the checkpoint is gone,
+            # so the handle is reported lost, not silently re-created.
+            assert checkpoint.handle == old_handle
+            with pytest.raises(InvalidHandleError):
+                checkpoint.read(section)
+            with session.open("after", CreationAttributes()) as again:
+                assert again.status().number_of_sections == 0
+            session.finalize()
 
 
 def test_an_attached_session_outlives_the_idle_reaper() -> None:

@@ -7,7 +7,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ._failover import PROBE_TIMEOUT
 from .errors import TryAgainError
 from .values import split_targets
 
@@ -16,10 +18,10 @@ DEFAULT_CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
     # The node's default message limit: a read of a large section must fit.
     ("grpc.max_receive_message_length", 80 * _MiB),
     ("grpc.max_send_message_length", 80 * _MiB),
-    # Notice a dead node on an idle callback stream (the node allows pings
-    # every 10 s).
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    # Notice a dead or frozen node on an idle callback stream within about
+    # 10 s (the node allows pings every second).
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
 )
 """Channel options of ``Session.connect``; ``options`` adds to or overrides them."""
 
@@ -46,6 +48,37 @@ def open_aio_channel(
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=options)
     return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+_GONE = (
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+)
+_CHECK = health_pb2.HealthCheckRequest(service="")
+
+
+def alive(channel: grpc.Channel, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether the node answers a grpc.health.v1 Check in time (any answer,
+    even NOT_SERVING or UNIMPLEMENTED, says its process runs)."""
+    try:
+        health_pb2_grpc.HealthStub(channel).Check(_CHECK, timeout=timeout)
+    except grpc.RpcError as error:
+        return error.code() not in _GONE
+    except ValueError:  # the channel was closed
+        return False
+    return True
+
+
+async def alive_async(channel: grpc.aio.Channel, timeout: float = PROBE_TIMEOUT) -> bool:
+    """``alive`` over a grpc.aio channel."""
+    try:
+        await health_pb2_grpc.HealthStub(channel).Check(_CHECK, timeout=timeout)
+    except grpc.RpcError as error:
+        return error.code() not in _GONE
+    except (ValueError, RuntimeError):  # the channel was closed
+        return False
+    return True
 
 
 def first_serving(

@@ -4,10 +4,14 @@ It only moves received callbacks into the session's PendingQueue (which makes
 the selection object readable); callbacks run in ``Session.dispatch``, in the
 caller's thread.
 
-- A broken transport (UNAVAILABLE) is retried with backoff until the session
-  is finalized; the new stream resumes after the last callback received, so
-  the node sends again what was lost in flight (and takes over from the old
-  stream if it still counts it as attached).
+- A broken transport (UNAVAILABLE) is retried with backoff on the same node
+  while it answers a health check; the new stream resumes after the last
+  callback received, so the node sends again what was lost in flight (and
+  takes over from the old stream if it still counts it as attached).
+- With ``on_lost`` (a session that follows the cluster), a node that no
+  longer answers, ends the stream, or no longer knows the session
+  (BAD_HANDLE) is left: ``on_lost`` moves the session, in this thread, and
+  starts the stream of the new node; this one ends.
 - A gap in the callbacks' sequence numbers (what the node could not keep) is
   reported as a ``dropped`` callback of the missing count.
 - Another stream taking over this session's callbacks (ABORTED, INUSE) ends
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -27,7 +32,8 @@ import grpc
 from cps.v1 import checkpoint_service_pb2 as pb
 
 from ._pending import PendingQueue
-from .errors import BadHandleError, from_rpc_error
+from ._router import QueueItem, Received
+from .errors import BadHandleError, CkptError, from_rpc_error
 
 log = logging.getLogger("cps.client")
 
@@ -37,10 +43,24 @@ _MAX_BACKOFF = 2.0
 
 
 class CallbackStream:
-    def __init__(self, stub: Any, service_handle: int, queue: PendingQueue[pb.Callback]) -> None:
+    def __init__(
+        self,
+        stub: Any,
+        service_handle: int,
+        queue: PendingQueue[QueueItem],
+        *,
+        generation: int = 0,
+        received: Callable[[pb.Callback], None] | None = None,
+        alive: Callable[[], bool] | None = None,
+        on_lost: Callable[[CkptError], None] | None = None,
+    ) -> None:
         self._stub = stub
         self._service_handle = service_handle
         self._queue = queue
+        self._generation = generation
+        self._received = received
+        self._alive = alive
+        self._on_lost = on_lost
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._call: Any = None
@@ -84,10 +104,16 @@ class CallbackStream:
                     return
                 error = from_rpc_error(rpc_error)
                 if error.code in _RETRIED:
+                    if self._on_lost is not None and not (self._alive is None or self._alive()):
+                        self._lose(error)
+                        return
                     log.warning("callbacks stream: %s; attaching again in %.2fs", error, backoff)
                     self._stopping.wait(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF)
                     continue
+                if self._on_lost is not None and isinstance(error, BadHandleError):
+                    self._lose(error)  # the node no longer knows the session
+                    return
                 self._queue.fail(error)
                 return
             except Exception as unexpected:  # a bug: surface it in dispatch
@@ -95,14 +121,26 @@ class CallbackStream:
                 self._queue.fail(unexpected)
                 return
             if not self._stopping.is_set():
-                self._queue.fail(
-                    BadHandleError("the node ended the session's callback stream: it is gone")
-                )
+                ended = BadHandleError("the node ended the session's callback stream: it is gone")
+                if self._on_lost is not None:
+                    self._lose(ended)
+                else:
+                    self._queue.fail(ended)
             return
 
+    def _lose(self, error: CkptError) -> None:
+        assert self._on_lost is not None
+        log.warning("callbacks stream: %s; the session moves to another node", error)
+        self._on_lost(error)
+
     def _receive(self, callback: pb.Callback) -> None:
-        for received in self._gaps.check(callback):
-            self._queue.put(received)
+        with self._lock:  # nothing more once stopped (the session moved on)
+            if self._stopping.is_set():
+                return
+            for received in self._gaps.check(callback):
+                if self._received is not None:
+                    self._received(received)
+                self._queue.put(Received(self._generation, received))
 
 
 class GapDetector:

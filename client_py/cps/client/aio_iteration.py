@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from cps.v1 import checkpoint_service_pb2 as pb
 
 from . import _convert, _requests
+from ._failover import IterationRef
 from .errors import InvalidHandleError
 from .values import SectionDescriptor, SectionsChosen
 
@@ -20,7 +21,8 @@ class AsyncSectionIterator:
     """``async for`` over the chosen sections. The node's iteration starts at
     ``async with`` or at the first ``__anext__`` (errors of
     clCkptSectionIterationInitialize surface there) and is finalized when the
-    iterator is exhausted, ``aclose``-d, or its ``async with`` block is left."""
+    iterator is exhausted, ``aclose``-d, or its ``async with`` block is left.
+    It follows a session that moves as ``SectionIterator`` does."""
 
     def __init__(
         self,
@@ -29,29 +31,40 @@ class AsyncSectionIterator:
         expiration_time: datetime | float | None,
     ) -> None:
         self._checkpoint = checkpoint
-        self._chosen = chosen
-        self._expiration_time = expiration_time
-        self.handle: int | None = None  # the node's iteration handle, once started
+        self.ref = IterationRef(checkpoint.ref, chosen, expiration_time)
         self._done = False
 
+    @property
+    def handle(self) -> int | None:
+        """The node's iteration handle, once started."""
+        return self.ref.handle
+
     async def start(self) -> None:
-        if self.handle is None and not self._done:
-            response: pb.SectionIterationInitializeResponse = await self._checkpoint.session._call(
-                _requests.iteration_initialize(
-                    self._checkpoint.handle, self._chosen, self._expiration_time
+        if self.ref.handle is None and not self._done:
+            session = self._checkpoint.session
+            ref = self.ref
+            response, generation = await session._run(
+                session._core.call_at(
+                    lambda: _requests.iteration_initialize(
+                        ref.checkpoint.handle, ref.chosen, ref.expiration_time
+                    ),
+                    session._core.deadline(),
+                    checkpoint=ref.checkpoint,
                 )
             )
-            self.handle = response.section_iteration_handle
+            assert isinstance(response, pb.SectionIterationInitializeResponse)
+            ref.handle, ref.generation = response.section_iteration_handle, generation
 
     def __aiter__(self) -> AsyncSectionIterator:
         return self
 
     async def __anext__(self) -> SectionDescriptor:
         await self.start()
-        if self._done or self.handle is None:
+        if self._done or self.ref.handle is None:
             raise StopAsyncIteration
-        response: pb.SectionIterationNextResponse = await self._checkpoint.session._call(
-            _requests.iteration_next(self.handle)
+        session = self._checkpoint.session
+        response = await session._run(
+            session._core.iteration_next(self.ref, session._core.deadline())
         )
         if response.no_more_sections:
             await self.aclose()
@@ -63,10 +76,11 @@ class AsyncSectionIterator:
         if self._done:
             return
         self._done = True
-        if self.handle is None:
+        if self.ref.handle is None:
             return
+        session = self._checkpoint.session
         try:
-            await self._checkpoint.session._call(_requests.iteration_finalize(self.handle))
+            await session._run(session._core.iteration_finalize(self.ref, session._core.deadline()))
         except InvalidHandleError:
             if not self._checkpoint.closed:
                 raise  # else closing the checkpoint finalized it

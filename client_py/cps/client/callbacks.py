@@ -29,19 +29,27 @@ DroppedCallback: TypeAlias = Callable[[int], None]
 """``(count)``: that many notifications were lost (the node's queue overflowed,
 or a broken stream lost them): re-read the checkpoints you watch."""
 
+MovedCallback: TypeAlias = Callable[[str, list[str]], None]
+"""``(node, lost)``: the session moved to the node at that address (its node
+died, froze or refused); notifications of changes made while it moved may be
+missing (re-read what you watch), and ``lost`` names the checkpoints that
+could not be opened again there (their handles now raise InvalidHandleError)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Callbacks:
     """What ``Session.connect`` registers, as clCkptInitialize's callbacks.
 
     ``open`` is needed by ``Session.open_async`` and ``synchronize`` by
-    ``Checkpoint.synchronize_async``. ``dropped`` is this client's addition:
-    notifications the node could not deliver (without it they are logged).
+    ``Checkpoint.synchronize_async``. ``dropped`` and ``moved`` are this
+    client's additions: notifications the node could not deliver (without it
+    they are logged), and the session's move to another node.
     """
 
     open: OpenCallback | None = None
     synchronize: SynchronizeCallback | None = None
     dropped: DroppedCallback | None = None
+    moved: MovedCallback | None = None
 
 
 # -- asyncio ------------------------------------------------------------------------
@@ -54,6 +62,7 @@ AsyncNotificationCallback: TypeAlias = Callable[
     [str, "AsyncCheckpoint", list[ChangedSection]], Awaitable[None] | None
 ]
 AsyncDroppedCallback: TypeAlias = Callable[[int], Awaitable[None] | None]
+AsyncMovedCallback: TypeAlias = Callable[[str, list[str]], Awaitable[None] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +74,4 @@ class AsyncCallbacks:
     open: AsyncOpenCallback | None = None
     synchronize: AsyncSynchronizeCallback | None = None
     dropped: AsyncDroppedCallback | None = None
+    moved: AsyncMovedCallback | None = None

@@ -22,6 +22,7 @@ from .values import Version
 
 ERROR_DOMAIN = "cps.v1"
 NO_ACTIVE_REPLICA = "no_active_replica"  # ErrorInfo.metadata["cause"]
+UNKNOWN_OUTCOME = "unknown_outcome"  # ErrorInfo.metadata["cause"] of a CL_ERR_TIMEOUT
 
 
 class CkptError(Exception):
@@ -31,6 +32,9 @@ class CkptError(Exception):
     the failure carried none), ``code`` the gRPC status code, ``message`` the
     server's text, ``metadata`` the ErrorInfo metadata and ``vector_index`` the
     index of the iovector element that made a write or read fail.
+    ``from_node`` is True when a node answered with this error (it carried
+    the seed's name), False when the call failed before or without an
+    answer (unreachable node, deadline, broken connection).
     """
 
     reason: str | None = None
@@ -52,6 +56,7 @@ class CkptError(Exception):
             self.reason = reason  # a seed name this client does not know
         self.metadata: Mapping[str, str] = MappingProxyType(dict(metadata or {}))
         self.vector_index = vector_index
+        self.from_node = False
 
     def __str__(self) -> str:
         text = f"{self.reason or self.code.name}: {self.message}"
@@ -175,7 +180,11 @@ class NoResourceError(CkptError):
 
 
 class CkptTimeoutError(CkptError, TimeoutError):
-    """CL_ERR_TIMEOUT, or the call's deadline passed (also a TimeoutError)."""
+    """CL_ERR_TIMEOUT, or the call's deadline passed (also a TimeoutError).
+
+    With ``metadata["cause"] == "unknown_outcome"`` the change may or may not
+    have been applied (the node stopped answering mid-call, or said so
+    itself): read it back."""
 
     reason = "CL_ERR_TIMEOUT"
     default_code = grpc.StatusCode.DEADLINE_EXCEEDED
@@ -307,6 +316,7 @@ def from_rpc_error(error: grpc.RpcError) -> CkptError:
     )
     if isinstance(result, VersionMismatchError):
         result.supported = supported
+    result.from_node = True
     return result
 
 
@@ -320,6 +330,8 @@ def _details(error: grpc.RpcError) -> list[Any]:
 
 __all__ = [
     "ERRORS_BY_REASON",
+    "NO_ACTIVE_REPLICA",
+    "UNKNOWN_OUTCOME",
     "AlreadyExistError",
     "BadFlagError",
     "BadHandleError",

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from cps.v1 import checkpoint_service_pb2 as pb
-
-from . import _convert, _requests
+from . import _convert
+from ._failover import IterationRef
 from .errors import InvalidHandleError
 from .values import SectionDescriptor
 
@@ -20,12 +19,22 @@ if TYPE_CHECKING:
 class SectionIterator(Iterator[SectionDescriptor]):
     """The sections chosen when it was created, in creation order (see
     ``Checkpoint.sections``). The server's iteration is finalized when the
-    iterator is exhausted, closed, or left as a context manager."""
+    iterator is exhausted, closed, or left as a context manager.
 
-    def __init__(self, checkpoint: Checkpoint, iteration_handle: int) -> None:
+    If the session moves to another node, the iteration starts again there
+    with the same filter and skips the sections it already returned (by
+    id): sections created since it started may then appear, and sections
+    deleted since do not."""
+
+    def __init__(self, checkpoint: Checkpoint, iteration: IterationRef) -> None:
         self._checkpoint = checkpoint
-        self.handle = iteration_handle
+        self.ref = iteration
         self._done = False
+
+    @property
+    def handle(self) -> int | None:
+        """The iteration handle on the node that serves the session now."""
+        return self.ref.handle
 
     def __iter__(self) -> SectionIterator:
         return self
@@ -33,9 +42,8 @@ class SectionIterator(Iterator[SectionDescriptor]):
     def __next__(self) -> SectionDescriptor:
         if self._done:
             raise StopIteration
-        response: pb.SectionIterationNextResponse = self._checkpoint.session._call(
-            _requests.iteration_next(self.handle)
-        )
+        session = self._checkpoint.session
+        response = session._run(session._core.iteration_next(self.ref, session._core.deadline()))
         if response.no_more_sections:
             self.close()
             raise StopIteration
@@ -46,8 +54,9 @@ class SectionIterator(Iterator[SectionDescriptor]):
         if self._done:
             return
         self._done = True
+        session = self._checkpoint.session
         try:
-            self._checkpoint.session._call(_requests.iteration_finalize(self.handle))
+            session._run(session._core.iteration_finalize(self.ref, session._core.deadline()))
         except InvalidHandleError:
             if not self._checkpoint.closed:
                 raise  # else closing the checkpoint finalized it
