@@ -24,9 +24,12 @@ S = TypeVar("S")
 
 
 def identity(context: Context) -> str:
-    """Who is calling: the authenticated identity, "" when authentication
-    is off (every session then belongs to "")."""
-    return ""
+    """Who is calling: the subject of the client certificate the port
+    verified (--client-ca), "" without one (every session then belongs to
+    ""). A session answers only to the identity that initialized it."""
+    auth = context.auth_context() or {}
+    subject = auth.get("x509_subject") or auth.get("x509_common_name")
+    return subject[0].decode(errors="replace") if subject else ""
 
 
 def seed_rpc(
@@ -68,32 +71,38 @@ async def stored(durability: Durability) -> None:
             raise CkptError(ErrorCode.INTERNAL, str(error)) from error
 
 
-class HasDurability(Protocol):
+class LibraryCalls(Protocol):
     durability: Durability
 
+    def authorize(self, request: Any, who: str) -> None:
+        """Refuse a handle of another identity (before anything is done)."""
+        ...
 
-D = TypeVar("D", bound=HasDurability)
+
+D = TypeVar("D", bound=LibraryCalls)
 
 
 def seed_call(
-    method: Callable[[D, Request], Response],
+    method: Callable[[D, Request, str], Response],
 ) -> Callable[[D, Request, Context], Awaitable[Response]]:
-    """A synchronous core call (the library API)."""
+    """A synchronous core call (the library API), given the caller's identity."""
 
     async def run(self: D, request: Request, who: str) -> Response:
-        return method(self, request)
+        self.authorize(request, who)
+        return method(self, request, who)
 
     run.__name__ = method.__name__
     return seed_rpc(run)
 
 
 def seed_mutation(
-    method: Callable[[D, Request], Response],
+    method: Callable[[D, Request, str], Response],
 ) -> Callable[[D, Request, Context], Awaitable[Response]]:
     """As seed_call, answered once the change is stored."""
 
     async def run(self: D, request: Request, who: str) -> Response:
-        response = method(self, request)
+        self.authorize(request, who)
+        response = method(self, request, who)
         await stored(self.durability)
         return response
 

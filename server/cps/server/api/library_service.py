@@ -5,6 +5,8 @@ Every change is acknowledged only once the storage has committed it.
 
 from __future__ import annotations
 
+from typing import Any
+
 from cps.server.core.library import LibraryManager
 from cps.v1 import library_service_pb2 as pb
 from cps.v1 import library_service_pb2_grpc as pb_grpc
@@ -17,41 +19,49 @@ class LibraryCheckpointService(pb_grpc.LibraryCheckpointServiceServicer):
         self.library = library
         self.durability = durability
 
-    @seed_call
-    def LibraryInitialize(
-        self, request: pb.LibraryInitializeRequest
-    ) -> pb.LibraryInitializeResponse:
-        return pb.LibraryInitializeResponse(library_handle=self.library.initialize())
+    def authorize(self, request: Any, who: str) -> None:
+        """A library handle answers only to the identity that initialized it."""
+        handle = getattr(request, "library_handle", None)
+        if handle is not None:
+            self.library.check_owner(handle, who)
 
     @seed_call
-    def LibraryFinalize(self, request: pb.LibraryFinalizeRequest) -> pb.LibraryFinalizeResponse:
+    def LibraryInitialize(
+        self, request: pb.LibraryInitializeRequest, who: str
+    ) -> pb.LibraryInitializeResponse:
+        return pb.LibraryInitializeResponse(library_handle=self.library.initialize(who))
+
+    @seed_call
+    def LibraryFinalize(
+        self, request: pb.LibraryFinalizeRequest, who: str
+    ) -> pb.LibraryFinalizeResponse:
         self.library.finalize(request.library_handle)
         return pb.LibraryFinalizeResponse()
 
     @seed_mutation
     def LibraryCkptCreate(
-        self, request: pb.LibraryCkptCreateRequest
+        self, request: pb.LibraryCkptCreateRequest, who: str
     ) -> pb.LibraryCkptCreateResponse:
         created = self.library.create(request.library_handle, request.checkpoint_name)
         return pb.LibraryCkptCreateResponse(created=created)
 
     @seed_mutation
     def LibraryCkptDelete(
-        self, request: pb.LibraryCkptDeleteRequest
+        self, request: pb.LibraryCkptDeleteRequest, who: str
     ) -> pb.LibraryCkptDeleteResponse:
         self.library.delete(request.library_handle, request.checkpoint_name)
         return pb.LibraryCkptDeleteResponse()
 
     @seed_call
     def LibraryDoesCkptExist(
-        self, request: pb.LibraryDoesCkptExistRequest
+        self, request: pb.LibraryDoesCkptExistRequest, who: str
     ) -> pb.LibraryDoesCkptExistResponse:
         exists = self.library.exists(request.library_handle, request.checkpoint_name)
         return pb.LibraryDoesCkptExistResponse(exists=exists)
 
     @seed_mutation
     def LibraryCkptDataSetCreate(
-        self, request: pb.LibraryCkptDataSetCreateRequest
+        self, request: pb.LibraryCkptDataSetCreateRequest, who: str
     ) -> pb.LibraryCkptDataSetCreateResponse:
         created = self.library.dataset_create(
             request.library_handle,
@@ -64,7 +74,7 @@ class LibraryCheckpointService(pb_grpc.LibraryCheckpointServiceServicer):
 
     @seed_mutation
     def LibraryCkptDataSetDelete(
-        self, request: pb.LibraryCkptDataSetDeleteRequest
+        self, request: pb.LibraryCkptDataSetDeleteRequest, who: str
     ) -> pb.LibraryCkptDataSetDeleteResponse:
         self.library.dataset_delete(
             request.library_handle, request.checkpoint_name, request.dataset_id
@@ -73,7 +83,7 @@ class LibraryCheckpointService(pb_grpc.LibraryCheckpointServiceServicer):
 
     @seed_mutation
     def LibraryCkptDataSetWrite(
-        self, request: pb.LibraryCkptDataSetWriteRequest
+        self, request: pb.LibraryCkptDataSetWriteRequest, who: str
     ) -> pb.LibraryCkptDataSetWriteResponse:
         self.library.dataset_write(
             request.library_handle, request.checkpoint_name, request.dataset_id, request.data
@@ -82,7 +92,7 @@ class LibraryCheckpointService(pb_grpc.LibraryCheckpointServiceServicer):
 
     @seed_call
     def LibraryCkptDataSetRead(
-        self, request: pb.LibraryCkptDataSetReadRequest
+        self, request: pb.LibraryCkptDataSetReadRequest, who: str
     ) -> pb.LibraryCkptDataSetReadResponse:
         dataset = self.library.dataset_read(
             request.library_handle, request.checkpoint_name, request.dataset_id
@@ -99,7 +109,7 @@ class LibraryCheckpointService(pb_grpc.LibraryCheckpointServiceServicer):
 
     @seed_call
     def LibraryDoesDatasetExist(
-        self, request: pb.LibraryDoesDatasetExistRequest
+        self, request: pb.LibraryDoesDatasetExistRequest, who: str
     ) -> pb.LibraryDoesDatasetExistResponse:
         exists = self.library.dataset_exists(
             request.library_handle, request.checkpoint_name, request.dataset_id
@@ -108,7 +118,7 @@ class LibraryCheckpointService(pb_grpc.LibraryCheckpointServiceServicer):
 
     @seed_mutation
     def LibraryCkptElementCreate(
-        self, request: pb.LibraryCkptElementCreateRequest
+        self, request: pb.LibraryCkptElementCreateRequest, who: str
     ) -> pb.LibraryCkptElementCreateResponse:
         self.library.element_create(
             request.library_handle, request.checkpoint_name, request.dataset_id
@@ -117,7 +127,7 @@ class LibraryCheckpointService(pb_grpc.LibraryCheckpointServiceServicer):
 
     @seed_mutation
     def LibraryCkptElementWrite(
-        self, request: pb.LibraryCkptElementWriteRequest
+        self, request: pb.LibraryCkptElementWriteRequest, who: str
     ) -> pb.LibraryCkptElementWriteResponse:
         self.library.element_write(
             request.library_handle,

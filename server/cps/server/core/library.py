@@ -7,12 +7,12 @@ the client; here a dataset and an element are bytes.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 from .changelog import ChangeLog, NoChangeLog
 from .errors import CkptError, ErrorCode
 from .limits import MAX_NAME_LENGTH
+from .sessions import new_id
 
 
 @dataclass(slots=True)
@@ -35,22 +35,28 @@ class LibraryManager:
     def __init__(self, changelog: ChangeLog | None = None, max_value_bytes: int = 64 << 20):
         self.changelog = changelog or NoChangeLog()
         self.max_value_bytes = max_value_bytes
-        self.handles: set[int] = set()
+        # Each handle with the identity that initialized it.
+        self.handles: dict[int, str] = {}
         self.checkpoints: dict[str, LibraryCheckpoint] = {}
-        self._random = random.Random()
 
     # -- handles -------------------------------------------------------------
 
-    def initialize(self) -> int:
-        while True:
-            handle = self._random.getrandbits(63) or 1
-            if handle not in self.handles:
-                self.handles.add(handle)
-                return handle
+    def initialize(self, owner: str = "") -> int:
+        handle = new_id(self.handles)
+        self.handles[handle] = owner
+        return handle
 
     def finalize(self, handle: int) -> None:
         self._check_handle(handle)
-        self.handles.discard(handle)
+        self.handles.pop(handle, None)
+
+    def check_owner(self, handle: int, who: str) -> None:
+        """Another identity's handle is as good as none (never "not yours":
+        that would confirm it exists)."""
+        if self.handles.get(handle, who) != who:
+            raise CkptError(
+                ErrorCode.LIB_INVALID_HANDLE, f"library handle {handle} is not initialized"
+            )
 
     def _check_handle(self, handle: int) -> None:
         if handle not in self.handles:
