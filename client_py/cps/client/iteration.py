@@ -32,8 +32,9 @@ class SectionIterator(Iterator[SectionDescriptor]):
         self._done = False
 
     @property
-    def handle(self) -> int | None:
+    def handle(self) -> int:
         """The iteration handle on the node that serves the session now."""
+        assert self.ref.handle is not None  # started by Checkpoint.sections
         return self.ref.handle
 
     def __iter__(self) -> SectionIterator:
