@@ -26,8 +26,11 @@ ROOT = validate_deploy.ROOT
 DOCKER = ROOT / "docker"
 HEALTHCHECK = DOCKER / "healthcheck.py"
 CERTS_SCRIPT = ROOT / "scripts" / "make-dev-certs.sh"
+SECRET_SCRIPT = ROOT / "scripts" / "make-cluster-secret.sh"
+SECRET_ENV = "CPS_CLUSTER_SECRET_FILE"
 ETCD_SERVICES = ("etcd-1", "etcd-2", "etcd-3")
 CPS_SERVICES = ("cps-1", "cps-2", "cps-3")
+COMPOSE_FILES = ("compose.yaml", "compose.tls.yaml")
 
 
 # --- helpers ------------------------------------------------------------------
@@ -104,6 +107,10 @@ def test_every_deployment_file_validates() -> None:
     assert "FAIL" not in done.stdout
     for path in [*validate_deploy.kubernetes_files(), *validate_deploy.compose_files()]:
         assert str(path.relative_to(ROOT)) in done.stdout
+    assert "ok   every cps node would start" in done.stdout
+    for script in validate_deploy.SHELL_SCRIPTS:
+        assert f"ok   shellcheck {script}" in done.stdout
+    assert f"shellcheck scripts/{SECRET_SCRIPT.name}" in done.stdout
 
 
 def test_the_validator_sees_mistakes(tmp_path: Path) -> None:
@@ -132,10 +139,139 @@ def test_cps_server_settings_are_known_flags() -> None:
     # The extraction finds what the files set (else this test proves nothing).
     for flag in ("node-name", "advertise", "etcd-endpoints"):
         assert ("flag", flag) in used
-    for env in ("CPS_NODE_NAME", "CPS_ADVERTISE", "CPS_TLS_CERT", "CPS_LISTEN"):
+    for env in ("CPS_NODE_NAME", "CPS_ADVERTISE", "CPS_TLS_CERT", "CPS_LISTEN", SECRET_ENV):
         assert ("env", env) in used
     assert validate_deploy.check_cps_settings() == []
     assert validate_deploy.env_name("etcd-endpoints") == "CPS_ETCD_ENDPOINTS"
+
+
+# --- would each node start? (cps.server.config.parse on its settings) ------------
+
+SAME_CA = "client_ca and peer_ca are the same CA"
+NO_WAY = "a cluster node needs a way to know its peers"
+
+
+def without(path: Path, text: str, tmp_path: Path, drop: str) -> Path:
+    """A copy of a deployment file in tmp_path without the lines containing drop."""
+    lines = [line for line in text.splitlines(keepends=True) if drop not in line]
+    assert len(lines) < len(text.splitlines()), f"{drop!r} is not in {path.name}"
+    copy = tmp_path / path.name
+    copy.write_text("".join(lines))
+    return copy
+
+
+def test_the_nodes_of_the_files_are_found_and_would_start() -> None:
+    compose_nodes = validate_deploy.compose_nodes()
+    assert sorted(n.where for n in compose_nodes) == sorted(
+        f"docker/{name} {node}"
+        for name in ("compose.yaml", "compose.tls.yaml")
+        for node in CPS_SERVICES
+    )
+    (kubernetes_node,) = validate_deploy.kubernetes_nodes()
+    # The image's ENV defaults are part of a node's settings; $(POD_NAME) is expanded.
+    assert kubernetes_node.environ["CPS_ADVERTISE"] == "cps-0.cps-peers.cps.svc:50051"
+    for node in [*compose_nodes, kubernetes_node]:
+        assert node.environ["CPS_DATA_DIR"] == "/var/lib/cps"
+        assert node.environ[SECRET_ENV]
+        assert validate_deploy.check_node(node) == [], node.where
+    assert validate_deploy.check_cps_nodes() == []
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("compose.yaml", NO_WAY), ("compose.tls.yaml", SAME_CA), ("kubernetes/cps.yaml", SAME_CA)],
+)
+def test_a_node_without_the_cluster_secret_fails_the_check(
+    name: str, expected: str, tmp_path: Path
+) -> None:
+    """The files as they were before the cluster secret: nodes that cps-server
+    refuses to start, and the check says so with the server's own message."""
+    path = DOCKER / name
+    copy = without(path, path.read_text(), tmp_path, SECRET_ENV)
+    kubernetes = "kubernetes" in name
+    errors = validate_deploy.check_cps_nodes(
+        [] if kubernetes else [copy], [copy] if kubernetes else []
+    )
+    assert errors
+    assert all("cps-server would refuse to start: " + expected in e for e in errors), errors
+    assert len(errors) == (1 if kubernetes else len(CPS_SERVICES))
+    # The same from the command line (what `make lint-deploy` runs): exit 1.
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "validate_deploy.py"), str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout
+    assert "FAIL   every cps node would start" in done.stdout and expected in done.stdout
+
+
+def test_a_secret_that_is_not_mounted_fails_the_check(tmp_path: Path) -> None:
+    path = DOCKER / "compose.yaml"
+    copy = without(path, path.read_text(), tmp_path, "secrets: [cluster-secret]")
+    errors = validate_deploy.check_cps_nodes([copy], [])
+    assert len(errors) == len(CPS_SERVICES)
+    assert all("/run/secrets/cluster-secret is not mounted" in e for e in errors), errors
+
+
+def node(argv: tuple[str, ...], env: dict[str, str], *mounts: str) -> validate_deploy.Node:
+    return validate_deploy.Node(
+        "test-node", argv, env, tuple(validate_deploy.Mount(m) for m in mounts)
+    )
+
+
+def test_check_node_runs_the_servers_validation() -> None:
+    cluster = ("--etcd-endpoints=etcd:2379", "--advertise=n1:50051")
+    # No secret, no TLS: refused; the message is cps-server's own.
+    (error,) = validate_deploy.check_node(node(cluster, {}))
+    assert error.startswith("test-node: cps-server would refuse to start: " + NO_WAY)
+    # The secret, as a flag or a variable, mounted: it would start.
+    secret = {SECRET_ENV: "/run/secrets/s"}
+    assert validate_deploy.check_node(node(cluster, secret, "/run/secrets/s")) == []
+    flag = ("--cluster-secret-file", "/run/secrets/s")
+    assert validate_deploy.check_node(node(cluster + flag, {}, "/run/secrets")) == []
+    # Named but not mounted: the node would find no such file.
+    (error,) = validate_deploy.check_node(node(cluster, secret, "/elsewhere"))
+    assert "/run/secrets/s is not mounted" in error
+    # A single node needs no secret; an unknown flag exits 2 as cps-server would.
+    assert validate_deploy.check_node(node((), {})) == []
+    (error,) = validate_deploy.check_node(node(("--no-such-flag",), {}))
+    assert "would exit 2" in error and "--no-such-flag" in error
+    # A setting's own check: a bad address is refused with its reason.
+    (error,) = validate_deploy.check_node(node(("--listen=nowhere",), {}))
+    assert "listen = 'nowhere'" in error
+
+
+def test_check_node_tells_cas_apart_by_path() -> None:
+    """The same path is the same file (the same CA); different paths are
+    different CAs: only the first needs the secret too."""
+    tls = {
+        "CPS_ETCD_ENDPOINTS": "etcd:2379",
+        "CPS_TLS_CERT": "/tls/tls.crt",
+        "CPS_TLS_KEY": "/tls/tls.key",
+        "CPS_PEER_CERT": "/tls/tls.crt",
+        "CPS_PEER_KEY": "/tls/tls.key",
+        "CPS_CLIENT_CA": "/tls/clients-ca.crt",
+        "CPS_PEER_CA": "/tls/peers-ca.crt",
+    }
+    assert validate_deploy.check_node(node((), tls, "/tls")) == []
+    same = {**tls, "CPS_PEER_CA": "/tls/clients-ca.crt"}
+    (error,) = validate_deploy.check_node(node((), same, "/tls"))
+    assert SAME_CA in error
+    # A relative path is relative to the image's WORKDIR, like the container's.
+    relative = {**tls, "CPS_PEER_CA": "../../../tls/./clients-ca.crt"}
+    (error,) = validate_deploy.check_node(node((), relative, "/tls"))
+    assert SAME_CA in error
+    assert validate_deploy.check_node(node((), {**same, SECRET_ENV: "/s/x"}, "/tls", "/s")) == []
+
+
+def test_what_the_check_cannot_see_is_reported() -> None:
+    """Settings the check cannot know fail it rather than pass unseen."""
+    assert validate_deploy.check_node(node(("--config=/etc/cps.toml",), {}))
+    assert validate_deploy.check_node(node((), {"CPS_CONFIG": "/etc/cps.toml"}))
+    other = validate_deploy.Node("n", (), {}, unknown=("n: the command is not cps-server",))
+    assert validate_deploy.check_node(other) == ["n: the command is not cps-server"]
+    assert validate_deploy.check_cps_nodes([], []) != []
 
 
 # --- the image ---------------------------------------------------------------------
@@ -310,13 +446,25 @@ def test_data_and_tls_volumes() -> None:
     (claim,) = statefulset["spec"]["volumeClaimTemplates"]
     assert mounts[claim["metadata"]["name"]]["mountPath"] == "/var/lib/cps"
     volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
-    (secret,) = [volumes[n]["secret"] for n in mounts if "secret" in volumes.get(n, {})]
-    assert secret["secretName"] == "cps-tls"
-    assert {item["key"] for item in secret["items"]} == {"ca.crt", "tls.crt", "tls.key"}
-    tls_dir = mounts["tls"]["mountPath"]
+    secrets = {
+        volumes[n]["secret"]["secretName"]: (volumes[n]["secret"], mounts[n])
+        for n in mounts
+        if "secret" in volumes.get(n, {})
+    }
+    assert set(secrets) == {"cps-tls", "cps-cluster-secret"}
+    tls, tls_mount = secrets["cps-tls"]
+    assert {item["key"] for item in tls["items"]} == {"ca.crt", "tls.crt", "tls.key"}
+    tls_dir = tls_mount["mountPath"]
     env = env_of(container)
     for name in ("CPS_TLS_CERT", "CPS_TLS_KEY", "CPS_CLIENT_CA", "CPS_PEER_CERT", "CPS_PEER_CA"):
         assert env[name].startswith(tls_dir + "/")
+    # The cluster secret: its own Secret, read-only, readable by the group only.
+    secret, secret_mount = secrets["cps-cluster-secret"]
+    (item,) = secret["items"]
+    assert item["key"] == "cluster-secret"
+    assert env[SECRET_ENV] == f"{secret_mount['mountPath']}/{item['path']}"
+    assert secret_mount["readOnly"] is True and tls_mount["readOnly"] is True
+    assert secret["defaultMode"] == 0o440
     assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
 
 
@@ -364,6 +512,47 @@ def test_compose_cluster(name: str) -> None:
             host_ports.add(port.split(":")[1])
         assert any(v.endswith(":/var/lib/cps") for v in service["volumes"])
     assert {"50051", "50052", "50053"} <= host_ports
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.tls.yaml"])
+def test_compose_nodes_share_the_secret_the_script_makes(name: str) -> None:
+    doc = compose(name)
+    # The file the script writes by default, relative to the compose file.
+    assert doc["secrets"] == {"cluster-secret": {"file": "./certs/cluster-secret"}}
+    for node in CPS_SERVICES:
+        service = doc["services"][node]
+        assert service["secrets"] == ["cluster-secret"]
+        assert service["environment"][SECRET_ENV] == "/run/secrets/cluster-secret"
+
+
+def test_cluster_secret_script(tmp_path: Path) -> None:
+    secret = tmp_path / "certs" / "cluster-secret"
+    done = subprocess.run(
+        ["bash", str(SECRET_SCRIPT), str(secret)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    first = secret.read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}\n", first), "32 random bytes, hex"
+    # Compose bind-mounts the file itself: user 10001 reads it through "other".
+    assert secret.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in secret.parent.iterdir()] == ["cluster-secret"], "no leftovers"
+    again = subprocess.run(["bash", str(SECRET_SCRIPT), str(secret)], capture_output=True)
+    assert again.returncode != 0 and secret.read_text() == first, "kept without -f"
+    forced = subprocess.run(["bash", str(SECRET_SCRIPT), "-f", str(secret)], capture_output=True)
+    assert forced.returncode == 0 and secret.read_text() != first
+    # By default it writes the file the compose files name (a copy of the
+    # script in another tree, so as not to write into this one), git-ignored.
+    (tmp_path / "tree" / "scripts").mkdir(parents=True)
+    copy = shutil.copy(SECRET_SCRIPT, tmp_path / "tree" / "scripts")
+    default = subprocess.run(["bash", str(copy)], capture_output=True, text=True, timeout=60)
+    assert default.returncode == 0, default.stderr
+    compose_dir = tmp_path / "tree" / "docker"
+    (source,) = {s["file"] for name in COMPOSE_FILES for s in compose(name)["secrets"].values()}
+    assert (compose_dir / source).is_file()
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "docker/certs/cluster-secret"], cwd=ROOT, timeout=30
+    )
+    assert ignored.returncode == 0
 
 
 def test_tls_compose_mounts_what_the_certificate_script_makes(certs: Path) -> None:
