@@ -1,11 +1,11 @@
-"""The CPS scenarios: open, overwrite, read and write32; overwrite and
-overwrite-sync for a primary with a standby.
+"""The CPS scenarios: open, overwrite, read and write32 on one node; overwrite
+in each write mode on a cluster.
 
 CpsSuite's scenarios share one checkpoint, created by CpsSuite.prepare with
-1 KiB sections for every worker; ReplicationSuite creates two, one
-asynchronous and one synchronous. Each run opens one session (Initialize +
-CheckpointOpen with READ|WRITE) per channel; the workers of a channel share
-its checkpoint handle.
+1 KiB sections for every worker; ClusterSuite creates one per write mode,
+through node 0 (so node 0 is their active replica). Each run opens one
+session (Initialize + CheckpointOpen with READ|WRITE) per channel, on the
+node the scenario calls; the workers of a channel share its checkpoint handle.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ WRITE32_ELEMENTS = 32
 SECTION_ID_MAX = 32
 # Concurrent calls while creating fixtures and closing handles.
 SETUP_CONCURRENCY = 32
-# The update modes: a write is answered after the primary's commit, or once
-# every live standby acknowledged it too.
-ASYNCHRONOUS = types.CREATION_FLAG_WR_ACTIVE_REPLICA
+# The update modes (docs/replication.md): a write is answered once every
+# in-sync replica applied it (synchronous), or once the active did, the
+# backups following in order (asynchronous; weak: a write of several
+# elements travels element by element).
 SYNCHRONOUS = types.CREATION_FLAG_WR_ALL_REPLICAS
+ASYNCHRONOUS = types.CREATION_FLAG_WR_ACTIVE_REPLICA
+WEAK = types.CREATION_FLAG_WR_ACTIVE_REPLICA_WEAK
 
 M = TypeVar("M", bound=Message)
 
@@ -352,43 +355,68 @@ class CpsSuite(Suite):
         )
 
 
-class CpsOverwriteAsync(CpsOverwrite):
-    description = (
-        "SectionOverwrite of a per-worker section with 1 KiB, on an asynchronous "
-        "(WR_ACTIVE_REPLICA) checkpoint: answered after the primary's commit, the standby "
-        "follows"
-    )
+# --- a cluster -------------------------------------------------------------
+
+# The write modes of the cluster runs: (scenario suffix, creation flag, seed name).
+CLUSTER_MODES: tuple[tuple[str, types.CreationFlag.ValueType, str], ...] = (
+    ("sync", SYNCHRONOUS, "WR_ALL_REPLICAS"),
+    ("async", ASYNCHRONOUS, "WR_ACTIVE_REPLICA"),
+    ("weak", WEAK, "WR_ACTIVE_REPLICA_WEAK"),
+)
+# The node the forwarded run calls: not the active (node 0), a replica of
+# every checkpoint with 3 replicas on 3 nodes.
+FORWARDING_NODE = 1
 
 
-class CpsOverwriteSync(CpsOverwrite):
-    name = "overwrite-sync"
-    description = (
-        "SectionOverwrite of a per-worker section with 1 KiB, on a synchronous "
-        "(WR_ALL_REPLICAS) checkpoint: answered once the standby acknowledged the batch too"
-    )
+class ClusterOverwrite(CpsOverwrite):
+    """SectionOverwrite of 1 KiB on the checkpoint of one write mode, through a given node."""
+
+    def __init__(self, checkpoint_name: str, mode: str, seed_name: str, node: int = 0) -> None:
+        super().__init__(checkpoint_name)
+        self.mode = mode
+        self.node = node
+        forwarded = node != 0
+        self.name = f"overwrite-{mode}" + ("-fwd" if forwarded else "")
+        self.description = (
+            f"SectionOverwrite of a per-worker section with 1 KiB on a {seed_name} checkpoint, "
+            + (
+                f"through node {node} (not the active: each call is forwarded to node 0)"
+                if forwarded
+                else "through its active replica (node 0, which created it)"
+            )
+        )
+        # The forwarded run is a spot check, at the busier levels only.
+        self.min_inflight = 16 if forwarded else 1
 
 
-class ReplicationSuite(Suite):
-    """overwrite on an asynchronous checkpoint, overwrite-sync on a synchronous one.
+class ClusterSuite(Suite):
+    """overwrite-sync, overwrite-async and overwrite-weak through the active (node 0),
+    overwrite-sync-fwd through node 1.
 
-    Each checkpoint holds one overwrite section per worker only: the setup of
-    the synchronous one waits for the standby at every commit.
+    Each checkpoint holds one overwrite section per worker only.
     """
 
     def __init__(self) -> None:
         base = f"cps-bench-{os.getpid()}"
-        self.modes = {f"{base}-async": ASYNCHRONOUS, f"{base}-sync": SYNCHRONOUS}
-        async_name, sync_name = self.modes
-        self.scenarios = [CpsOverwriteAsync(async_name), CpsOverwriteSync(sync_name)]
+        self.names = {mode: f"{base}-{mode}" for mode, _, _ in CLUSTER_MODES}
+        self.scenarios = [
+            ClusterOverwrite(self.names[mode], mode, seed_name)
+            for mode, _, seed_name in CLUSTER_MODES
+        ]
+        sync_name = CLUSTER_MODES[0][2]
+        self.scenarios.append(
+            ClusterOverwrite(self.names["sync"], "sync", sync_name, node=FORWARDING_NODE)
+        )
         self._service_handle: int | None = None
         self._handles: dict[str, int] = {}
 
     async def prepare(self, channel: aio.Channel, max_inflight: int) -> None:
-        """Create both checkpoints with every worker's 1 KiB section, then check reads."""
+        """Create the checkpoints with every worker's 1 KiB section, then check reads."""
         self._service_handle = await initialize(channel)
         sections = [overwrite_sid(worker) for worker in range(max_inflight)]
-        for name, mode in self.modes.items():
-            attributes = bench_attributes(len(sections) + 1, mode)
+        for mode, flag, _ in CLUSTER_MODES:
+            name = self.names[mode]
+            attributes = bench_attributes(len(sections) + 1, flag)
             self._handles[name] = await create_checkpoint(
                 channel, self._service_handle, name, attributes, sections
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,25 +111,31 @@ def machine() -> MachineCpu:
     return MachineCpu((user + nice + system + irq + softirq) * _TICK_S, steal * _TICK_S)
 
 
+def trees_seconds(pids: Sequence[int]) -> float:
+    """CPU seconds of several processes and their living descendants."""
+    return sum(tree_seconds(pid) for pid in pids)
+
+
 @dataclass(frozen=True)
 class Snapshot:
-    """CPU counters at one instant: this process, the server's tree, the standby's
-    tree (a replication target's second server), the machine."""
+    """CPU counters at one instant: this process, the server's process trees (one,
+    or every node of a cluster), the supporting processes' trees (the etcd members
+    behind a cluster), the machine."""
 
     client_s: float
     server_s: float | None
     machine: MachineCpu
     processes: dict[int, tuple[str, float]]
-    standby_s: float | None = None
+    support_s: float | None = None
 
     @staticmethod
-    def take(server_pid: int | None, standby_pid: int | None = None) -> Snapshot:
+    def take(server_pids: Sequence[int], support_pids: Sequence[int] = ()) -> Snapshot:
         return Snapshot(
             client_s=time.process_time(),
-            server_s=tree_seconds(server_pid) if server_pid is not None else None,
+            server_s=trees_seconds(server_pids) if server_pids else None,
             machine=machine(),
             processes=all_processes(),
-            standby_s=tree_seconds(standby_pid) if standby_pid is not None else None,
+            support_s=trees_seconds(support_pids) if support_pids else None,
         )
 
 
@@ -137,14 +144,15 @@ class Usage:
     """CPU used during a window, in cores (1.0 = one core busy all along)."""
 
     client: float
+    # The server's process trees together (every node of a cluster).
     server: float | None
     # Everything else on the machine, and the time stolen by the hypervisor.
     other: float
     steal: float
     # The other process that used the most, as "name[pid] cores", if notable.
     top_other: str | None
-    # The standby server's tree, for a target with one (not counted in `other`).
-    standby: float | None = None
+    # The supporting processes (the etcd behind a cluster), not counted in `other`.
+    support: float | None = None
 
 
 def _delta(before: float | None, after: float | None, seconds: float) -> float | None:
@@ -155,20 +163,19 @@ def usage(
     before: Snapshot,
     after: Snapshot,
     seconds: float,
-    server_pid: int | None,
-    standby_pid: int | None = None,
+    server_pids: Sequence[int],
+    support_pids: Sequence[int] = (),
 ) -> Usage:
     client = (after.client_s - before.client_s) / seconds
     server = _delta(before.server_s, after.server_s, seconds)
-    standby = _delta(before.standby_s, after.standby_s, seconds)
+    support = _delta(before.support_s, after.support_s, seconds)
     used = after.machine - before.machine
-    other = used.busy_s / seconds - client - (server or 0.0) - (standby or 0.0)
+    other = used.busy_s / seconds - client - (server or 0.0) - (support or 0.0)
     ours = {os.getpid()}
-    for pid in (server_pid, standby_pid):
-        if pid is not None:
-            ours.update(tree(pid))
+    for pid in (*server_pids, *support_pids):
+        ours.update(tree(pid))
     top = top_consumer(before.processes, after.processes, ours)
     top_other = None
     if top is not None and top[1] / seconds >= 0.05:
         top_other = f"{top[0]} {top[1] / seconds:.2f}"
-    return Usage(client, server, max(0.0, other), used.steal_s / seconds, top_other, standby)
+    return Usage(client, server, max(0.0, other), used.steal_s / seconds, top_other, support)

@@ -85,13 +85,9 @@ class LoadResult:
     p99_ms: float
     errors: int
     first_error: str | None
-    # CPU used during the timed window by the client, the server and the rest.
+    # CPU used during the timed window by the client, the server(s), the
+    # supporting processes (a cluster's etcd) and the rest.
     cpu: cpu.Usage
-    # A target with a standby: seconds after the window until it had applied
-    # every batch (its backlog), and the CPU seconds it used meanwhile (None
-    # without a standby).
-    standby_catch_up_s: float | None = None
-    standby_catch_up_cpu_s: float | None = None
 
     @property
     def ops_per_s(self) -> float:
@@ -147,8 +143,8 @@ async def run_load(
     warmup_s: float,
     seconds: float,
     channels: int,
-    server_pid: int | None = None,
-    standby_pid: int | None = None,
+    server_pids: Sequence[int] = (),
+    support_pids: Sequence[int] = (),
 ) -> LoadResult:
     """Run one worker per call for `warmup_s` + `seconds`, measuring the latter.
 
@@ -165,11 +161,11 @@ async def run_load(
     ]
     try:
         await asyncio.sleep(warmup_s)
-        cpu0 = cpu.Snapshot.take(server_pid, standby_pid)
+        cpu0 = cpu.Snapshot.take(server_pids, support_pids)
         window.start_ns = start_ns = time.perf_counter_ns()
         await asyncio.sleep(seconds)
         end_ns = time.perf_counter_ns()
-        cpu1 = cpu.Snapshot.take(server_pid, standby_pid)
+        cpu1 = cpu.Snapshot.take(server_pids, support_pids)
         window.stop = True
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=CALL_TIMEOUT_S + 5.0)
     finally:
@@ -194,5 +190,5 @@ async def run_load(
         p99_ms=percentile(measured, 0.99) / 1e6,
         errors=window.errors,
         first_error=window.first_error,
-        cpu=cpu.usage(cpu0, cpu1, elapsed_s, server_pid, standby_pid),
+        cpu=cpu.usage(cpu0, cpu1, elapsed_s, server_pids, support_pids),
     )

@@ -353,7 +353,7 @@ async def run_notify(
                 await asyncio.wait_for(
                     asyncio.gather(*(s.warm.wait() for s in subs)), timeout=BARRIER_TIMEOUT_S
                 )
-                cpu0 = cpu.Snapshot.take(server_pid)
+                cpu0 = cpu.Snapshot.take([server_pid])
                 start_ns = time.perf_counter_ns()
                 done = await _paced_writes(writer, opened.checkpoint_handle, writes, rate)
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -361,7 +361,7 @@ async def run_notify(
                         asyncio.gather(*(s.done.wait() for s in subs)), timeout=SETTLE_S
                     )
                 end_ns = time.perf_counter_ns()
-                cpu1 = cpu.Snapshot.take(server_pid)
+                cpu1 = cpu.Snapshot.take([server_pid])
             finally:
                 await asyncio.gather(*(s.detach() for s in subs))
                 with contextlib.suppress(Exception):
@@ -416,6 +416,6 @@ def _result(
         send_lag=Spread.of(done.lags),
         errors=errors,
         first_error=first_error,
-        cpu=cpu.usage(cpu0, cpu1, seconds, server_pid),
+        cpu=cpu.usage(cpu0, cpu1, seconds, [server_pid]),
         seconds=seconds,
     )

@@ -1,11 +1,13 @@
-"""The results as Markdown: machine, method, targets, persistence, replication,
-notifications, library, then one table per target."""
+"""The results as Markdown: machine, method, targets, persistence, the cluster
+(write modes, failover), notifications, library, then one table per target."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from bench.failover import FailoverResult
 from bench.load import LoadResult
 from bench.notify import NotifyResult, Spread
 
@@ -25,8 +27,19 @@ CPS = "cps"
 CPS_DISK = "cps-disk"
 CPS_DISK_NORMAL = "cps-disk-normal"
 CPS_TARGETS = (CPS_MEM, CPS, CPS_DISK, CPS_DISK_NORMAL)
-# A primary (as `cps`) with one standby following it.
-CPS_PAIR = "cps-pair"
+# A 3-member etcd (the cluster's reference), 3 CPS nodes over another one, and
+# the failover rounds on such a cluster.
+ETCD3 = "etcd-3"
+CPS_CLUSTER = "cps-cluster"
+CPS_FAILOVER = "cps-failover"
+# Issue 8: synchronous 3-replica ops/s at least these times the 3-member etcd's
+# puts/s and the single node's overwrites/s (at TARGET_INFLIGHT); failover
+# under this many lease TTLs.
+CLUSTER_VS_ETCD3 = 1.0
+CLUSTER_VS_SINGLE = 0.6
+FAILOVER_TTLS = 2.0
+# The issue's figure for a 3-member etcd's puts/s at 64 in flight on a 2-core machine.
+ISSUE_ETCD3_PUTS = 6900
 # Stands for each CPS configuration in a ratio.
 ANY_CPS = "{cps}"
 
@@ -57,6 +70,8 @@ class TargetResult:
     config: str | None = None
     notify: list[NotifyResult] = field(default_factory=list)
     notify_error: str | None = None
+    # A cluster: node 0's command line, placeholders for ports, dirs and names.
+    command: str | None = None
 
     def row(self, scenario: str, inflight: int) -> Row | None:
         for row in self.rows:
@@ -321,103 +336,276 @@ def disk_lines(targets: dict[str, TargetResult], fsync_note: str | None) -> list
     return lines + _listing(targets, ["overwrite", "lib-write"], CPS_TARGETS)
 
 
-# The rows of the replication table: (target, scenario, label), the first the baseline.
-REPLICATION_ROWS = (
-    (CPS, "overwrite", f"`{CPS}` (one node)"),
-    (CPS_PAIR, "overwrite", f"`{CPS_PAIR}` async (WR_ACTIVE_REPLICA)"),
-    (CPS_PAIR, "overwrite-sync", f"`{CPS_PAIR}` sync (WR_ALL_REPLICAS)"),
+# The cluster's write modes: (scenario, label), the synchronous one first.
+CLUSTER_ROWS = (
+    ("overwrite-sync", "sync (WR_ALL_REPLICAS)"),
+    ("overwrite-async", "async (WR_ACTIVE_REPLICA)"),
+    ("overwrite-weak", "weak (WR_ACTIVE_REPLICA_WEAK)"),
+    ("overwrite-sync-fwd", "sync, through a backup (forwarded)"),
 )
 
 
-def _standby_us_per_op(result: LoadResult) -> float | None:
-    """The standby's CPU time per op: in the window, plus its catch-up after it."""
-    if result.cpu.standby is None or not result.ops:
-        return None
-    used = result.cpu.standby * result.seconds + (result.standby_catch_up_cpu_s or 0.0)
-    return used / result.ops * 1e6
+def _usable(
+    targets: dict[str, TargetResult], name: str, scenario: str, level: int
+) -> LoadResult | None:
+    target = targets.get(name)
+    row = target.row(scenario, level) if target is not None else None
+    return row.result if row is not None and row.usable else None
+
+
+def _noisy(*results: LoadResult) -> bool:
+    return any(r.cpu.other > NOISY_OTHER_CORES for r in results)
+
+
+def _verdict(met: bool) -> str:
+    return "**met**" if met else "**not met**"
+
+
+def _fraction(
+    top: LoadResult | None, bottom: LoadResult | None, minimum: float | None
+) -> tuple[str, str]:
+    """A ratio of ops/s as text, and its verdict against `minimum` ('-' without one)."""
+    if top is None or bottom is None or not bottom.ops_per_s:
+        return "n/a (not measured)", "**not met** (not measured)" if minimum is not None else "-"
+    value = top.ops_per_s / bottom.ops_per_s
+    text = f"{value:.2f} ({top.ops_per_s:,.0f} / {bottom.ops_per_s:,.0f} ops/s)"
+    if _noisy(top, bottom):
+        text += " (noisy)"
+    return text, "-" if minimum is None else _verdict(value >= minimum)
+
+
+def cluster_target_lines(
+    targets: dict[str, TargetResult], level: int, failovers: Sequence[FailoverResult]
+) -> list[str]:
+    sync = _usable(targets, CPS_CLUSTER, "overwrite-sync", level)
+    etcd3 = _usable(targets, ETCD3, "put", level)
+    lines = [
+        f"| issue 8 target (at {level} in-flight) | wanted | measured | verdict |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    text, verdict = _fraction(sync, etcd3, CLUSTER_VS_ETCD3)
+    lines.append(
+        f"| sync 3-replica overwrite / `{ETCD3}` put | >= {CLUSTER_VS_ETCD3:.2f} | {text} "
+        f"| {verdict} |"
+    )
+    text, verdict = _fraction(sync, _usable(targets, CPS_MEM, "overwrite", level), None)
+    text_mem, verdict_mem = _fraction(
+        sync, _usable(targets, CPS_MEM, "overwrite", level), CLUSTER_VS_SINGLE
+    )
+    lines.append(
+        f"| sync 3-replica overwrite / single node `{CPS_MEM}` overwrite (in memory, as the "
+        f"cluster: **evaluated**) | >= {CLUSTER_VS_SINGLE:.2f} | {text_mem} | {verdict_mem} |"
+    )
+    text, _ = _fraction(sync, _usable(targets, CPS, "overwrite", level), None)
+    lines.append(
+        f"| sync 3-replica overwrite / single node `{CPS}` overwrite (stored, the default: "
+        f"shown) | (>= {CLUSTER_VS_SINGLE:.2f}) | {text} | - |"
+    )
+    for failover in failovers:
+        wanted = FAILOVER_TTLS * failover.ttl
+        spread = failover.spread()
+        all_valid = bool(failover.rounds) and all(r.valid for r in failover.rounds)
+        if spread is None:
+            measured, verdict = "n/a (no valid round)", "**not met** (not measured)"
+        else:
+            valid = len(failover.times)
+            measured = (
+                f"max {spread[2]:.2f} s (median {spread[1]:.2f}, {valid} of "
+                f"{len(failover.rounds)} rounds valid)"
+            )
+            verdict = _verdict(spread[2] < wanted and all_valid and failover.error is None)
+        lines.append(
+            f"| failover, lease TTL {failover.ttl} s: kill -9 of the active to the first "
+            f"write acknowledged by its successor, every round | < {wanted:g} s | {measured} "
+            f"| {verdict} |"
+        )
+    if etcd3 is not None:
+        lines += [
+            "",
+            f"For scale: the issue quotes about {ISSUE_ETCD3_PUTS:,} puts/s for a 3-member "
+            f"etcd at 64 in flight on a 2-core machine; `{ETCD3}` here did "
+            f"{etcd3.ops_per_s:,.0f}/s at {level} in flight (the verdicts above use this run's "
+            "figure).",
+        ]
+    return lines
+
+
+def cluster_lines(
+    targets: dict[str, TargetResult],
+    levels: Sequence[int],
+    failovers: Sequence[FailoverResult],
+    cores: int | None = None,
+) -> list[str]:
+    cluster = targets.get(CPS_CLUSTER)
+    level = ratio_level(levels)
+    shared = f"the machine's {cores} cores" if cores else "the machine's cores"
+    lines = [
+        f"`{CPS_CLUSTER}`: 3 CPS nodes over a 3-member etcd, every checkpoint with 3 replicas "
+        "(active on node 0, a backup on each other node), 1 KiB SectionOverwrite in each "
+        "write mode through the active, and synchronous through a backup (each call "
+        f"forwarded to the active). Beside it, in the same run and with the same client code: "
+        f"the single node `{CPS_MEM}` (server checkpoints in memory, as in a cluster), `{CPS}` "
+        f"(stored, the default), and `{ETCD3}`, a 3-member etcd's 1 KiB puts to its leader. "
+        f"`vs` columns: this row's ops/s / theirs at the same in-flight. Server µs/op = CPU "
+        "of the target's server processes (the 3 CPS nodes together; etcd's 3 members for "
+        f"`{ETCD3}`) per op; etcd cores = the cluster's etcd (not in other cores). Every "
+        f"process shares {shared} (nothing is pinned): the 3 nodes and the client compete "
+        "for them, so ops/s are bounded by all of them together.",
+        "",
+    ]
+    lines += cluster_target_lines(targets, level, failovers)
+    lines += [
+        "",
+        f"| in-flight | target | mode | ops/s | vs `{CPS_MEM}` | vs `{ETCD3}` | p50 ms | p99 ms "
+        "| server µs/op | etcd cores | other cores |",
+        "| ---: | --- | --- |" + " ---: |" * 8,
+    ]
+    found = False
+    summary: list[str] = []
+    for inflight in levels:
+        single = _usable(targets, CPS_MEM, "overwrite", inflight)
+        etcd3 = _usable(targets, ETCD3, "put", inflight)
+        rows: list[tuple[str, str, LoadResult | None]] = [
+            (f"`{CPS_MEM}`", "overwrite, one node", single),
+            (
+                f"`{CPS}`",
+                "overwrite, one node, stored",
+                _usable(targets, CPS, "overwrite", inflight),
+            ),
+            (f"`{ETCD3}`", "put", etcd3),
+        ]
+        rows += [
+            (f"`{CPS_CLUSTER}`", label, _usable(targets, CPS_CLUSTER, scenario, inflight))
+            for scenario, label in CLUSTER_ROWS
+        ]
+        if all(res is None for _, _, res in rows[3:]):
+            continue
+        for name, mode, res in rows:
+            if res is None:
+                continue
+            found = True
+            vs_single = "-" if single is None or res is single else _ops_ratio(res, single)
+            vs_etcd = "-" if etcd3 is None or res is etcd3 else _ops_ratio(res, etcd3)
+            lines.append(
+                f"| {inflight} | {name} | {mode} | {res.ops_per_s:,.0f} | {vs_single} "
+                f"| {vs_etcd} | {res.p50_ms:.3f} | {res.p99_ms:.3f} | {_per_op_us(res)} "
+                f"| {_cores(res.cpu.support)} | {res.cpu.other:.2f} |"
+            )
+        summary.append(_mode_summary(targets, inflight))
+    if not found:
+        lines.append("| - | not measured | | | | | | | | | |")
+    lines += ["", "Between the modes (ops/s of the cluster's rows at the same in-flight):", ""]
+    lines += [f"- {line}" for line in summary if line] or ["- not measured"]
+    if cluster is not None and cluster.error is not None:
+        lines += ["", f"`{CPS_CLUSTER}`: {_one_line(cluster.error)}"]
+    etcd3_target = targets.get(ETCD3)
+    if etcd3_target is not None and etcd3_target.error is not None:
+        lines += ["", f"`{ETCD3}`: {_one_line(etcd3_target.error)}"]
+    return lines
+
+
+def _ops_ratio(top: LoadResult, bottom: LoadResult) -> str:
+    if not bottom.ops_per_s:
+        return "-"
+    text = f"{top.ops_per_s / bottom.ops_per_s:.2f}"
+    return text + " (noisy)" if _noisy(top, bottom) else text
+
+
+def _mode_summary(targets: dict[str, TargetResult], inflight: int) -> str:
+    sync = _usable(targets, CPS_CLUSTER, "overwrite-sync", inflight)
+    if sync is None or not sync.ops_per_s:
+        return ""
+    parts: list[str] = []
+    for scenario, what in (("overwrite-async", "async"), ("overwrite-weak", "weak")):
+        res = _usable(targets, CPS_CLUSTER, scenario, inflight)
+        if res is not None:
+            ratio = res.ops_per_s / sync.ops_per_s
+            parts.append(
+                f"{what} / sync {ratio:.2f} ({what} >= sync: {'yes' if ratio >= 1 else 'no'}; "
+                f"p50 {res.p50_ms - sync.p50_ms:+.3f} ms)"
+            )
+    forwarded = _usable(targets, CPS_CLUSTER, "overwrite-sync-fwd", inflight)
+    if forwarded is not None:
+        parts.append(
+            f"sync through a backup / through the active {forwarded.ops_per_s / sync.ops_per_s:.2f}"
+            f" (p50 {forwarded.p50_ms - sync.p50_ms:+.3f} ms: the forwarding hop)"
+        )
+    return f"{inflight} in-flight: " + "; ".join(parts)
+
+
+def _seconds_spread(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
 
 
 def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
+    return "-" if value is None else f"{value:.2f}"
 
 
-def _times(value: float, base: float) -> str:
-    return f"{value / base:.2f}" if base else "-"
-
-
-def replication_lines(
-    targets: dict[str, TargetResult], levels: Sequence[int], cores: int | None = None
-) -> list[str]:
-    pair = targets.get(CPS_PAIR)
-    if pair is None:
-        return [f"Not measured: needs `{CPS_PAIR}` (and `{CPS}` for the ratios)."]
-    base = targets.get(CPS)
-    shared = f"the machine's {cores} cores" if cores else "the machine's cores"
+def failover_lines(failovers: Sequence[FailoverResult]) -> list[str]:
+    if not failovers:
+        return ["Not measured."]
     lines = [
-        f"`{CPS}` (one node, {base.config if base else 'not run'}) against `{CPS_PAIR}`: the "
-        f"same server as a primary, with one standby following it (its own data dir and store, "
-        f"under {pair.data_dir}), overwrite of 1 KiB on an asynchronous checkpoint "
-        "(WR_ACTIVE_REPLICA: answered after the primary's commit, the standby follows) and on "
-        "a synchronous one (WR_ALL_REPLICAS: answered once the standby acknowledged the batch "
-        f"too). The client talks to the primary only. `vs {CPS}`: the pair's value / "
-        f"`{CPS}`'s at the same in-flight (µs/op: the difference). Server µs/op = the "
-        "primary's CPU time per op; standby cores = the standby's CPU seconds per wall second "
-        "in the window (not counted in other cores); standby behind = how long it went on "
-        "applying batches after the window (its backlog: an asynchronous write is answered "
-        "before the standby has it); standby µs/op = its CPU time in the window and that "
-        "catch-up, per op.",
+        f"Kill -9 of the active of a synchronous checkpoint (3 replicas on 3 nodes) under a "
+        "closed-loop writer through a surviving node; the time from the kill to the first "
+        "write sent after it and acknowledged (by then by the successor). Record changed = "
+        "when the checkpoint's record in etcd first named a new active (the lease expired, "
+        "the director reassigned it). The writer sends its next write when the previous call "
+        "ends: the table shows when the last failed call ended and when the first "
+        "acknowledged write was sent (DEADLINE_EXCEEDED is CL_ERR_TIMEOUT, an unknown "
+        "outcome: the active died mid-call; UNAVAILABLE is CL_ERR_TRY_AGAIN; "
+        "docs/replication.md). Target: under "
+        f"{FAILOVER_TTLS:g} x the lease TTL, in every round.",
         "",
-        f"The primary, the standby and the client share {shared} (nothing is pinned): what "
-        "the standby uses is taken from the primary and the client, so the pair's ops/s are "
-        "bounded by the three processes together, not by the primary alone.",
-        "",
-        f"| in-flight | configuration | ops/s | vs `{CPS}` | p50 ms | vs `{CPS}` | p99 ms "
-        f"| vs `{CPS}` | server µs/op (primary) | vs `{CPS}` | standby cores | standby µs/op "
-        "| standby behind s | other cores |",
-        "| ---: | --- |" + " ---: |" * 12,
+        "| lease TTL | rounds valid | kill → first ack min / median / max s "
+        f"| < {FAILOVER_TTLS:g} x TTL | kill → record changed min / median / max s |",
+        "| ---: | ---: | ---: | --- | ---: |",
     ]
-    summary: list[str] = []
-    for level in levels:
-        if not any(row.result is not None and row.result.inflight == level for row in pair.rows):
-            continue  # the pair ran at fewer levels (--quick)
-        found: dict[tuple[str, str], LoadResult] = {}
-        for name, scenario, label in REPLICATION_ROWS:
-            target = targets.get(name)
-            row = target.row(scenario, level) if target is not None else None
-            if row is None or row.result is None or not row.usable:
-                continue
-            res = found[(name, scenario)] = row.result
-            ref = found.get((CPS, "overwrite")) if name != CPS else None
-            noisy = ref is not None and max(res.cpu.other, ref.cpu.other) > NOISY_OTHER_CORES
-            mark = " (noisy)" if noisy else ""
-            ops = p50 = p99 = per_op = "-"
-            if ref is not None:
-                ops = _times(res.ops_per_s, ref.ops_per_s) + mark
-                p50 = _times(res.p50_ms, ref.p50_ms)
-                p99 = _times(res.p99_ms, ref.p99_ms)
-                ours, theirs = _us_per_op(res), _us_per_op(ref)
-                if ours is not None and theirs is not None:
-                    per_op = f"{ours - theirs:+.0f}"
-            standby_per_op = _standby_us_per_op(res)
+    for failover in failovers:
+        valid = [r for r in failover.rounds if r.valid]
+        changed = [r.record_changed_s for r in valid if r.record_changed_s is not None]
+        spread = failover.spread()
+        if spread is None:
+            verdict = "**not met** (not measured)"
+        else:
+            verdict = _verdict(
+                spread[2] < FAILOVER_TTLS * failover.ttl
+                and len(valid) == len(failover.rounds)
+                and failover.error is None
+            )
+        lines.append(
+            f"| {failover.ttl} s | {len(valid)} / {len(failover.rounds)} "
+            f"| {_seconds_spread(failover.times)} | {verdict} | {_seconds_spread(changed)} |"
+        )
+    lines += [
+        "",
+        "| lease TTL | round | killed (active) | director too | writer via | record changed s "
+        "| failed calls after the kill (the last ended at s) | first acknowledged write sent "
+        "s | first ack s | record after | note |",
+        "| ---: | ---: | --- | --- | --- | ---: | --- | ---: | ---: | --- | --- |",
+    ]
+    for failover in failovers:
+        for r in failover.rounds:
+            errors = ", ".join(f"{code} x{n}" for code, n in sorted(r.errors.items())) or "none"
+            if r.last_error_s is not None:
+                errors += f" ({r.last_error_s:.2f})"
             lines.append(
-                f"| {level} | {label} | {res.ops_per_s:,.0f} | {ops} | {res.p50_ms:.3f} | {p50} "
-                f"| {res.p99_ms:.3f} | {p99} | {_per_op_us(res)} | {per_op} "
-                f"| {_cores(res.cpu.standby)} "
-                f"| {'-' if standby_per_op is None else f'{standby_per_op:.0f}'} "
-                f"| {_seconds(res.standby_catch_up_s)} | {res.cpu.other:.2f} |"
+                f"| {failover.ttl} s | {r.index + 1} | {r.killed} "
+                f"| {'yes' if r.director_killed else 'no'} | {r.writer_via} "
+                f"| {'-' if r.record_changed_s is None else f'{r.record_changed_s:.2f}'} "
+                f"| {errors} | {_seconds(r.first_ack_sent_s)} | {_seconds(r.first_ack_s)} "
+                f"| {r.record_after} | {_one_line(r.problem) if r.problem else 'valid'} |"
             )
-        asynchronous = found.get((CPS_PAIR, "overwrite"))
-        synchronous = found.get((CPS_PAIR, "overwrite-sync"))
-        if asynchronous is not None and synchronous is not None:
-            summary.append(
-                f"{level} in-flight: sync / async ops/s "
-                f"{_times(synchronous.ops_per_s, asynchronous.ops_per_s)}, p50 "
-                f"{synchronous.p50_ms - asynchronous.p50_ms:+.3f} ms"
-            )
-    if summary:
-        lines += ["", "Synchronous against asynchronous on the pair: " + "; ".join(summary) + "."]
-    if pair.error is not None:
-        lines += ["", f"`{CPS_PAIR}`: {_one_line(pair.error)}"]
+    for failover in failovers:
+        if failover.error is not None:
+            lines += ["", f"Lease TTL {failover.ttl} s: {_one_line(failover.error)}"]
+    commands = [f for f in failovers if f.command]
+    if commands:
+        lines += [
+            "",
+            f"Node command line (n0, lease TTL {commands[0].ttl} s): `{commands[0].command}`",
+        ]
     return lines
 
 
@@ -504,20 +692,20 @@ def target_lines(target: TargetResult) -> list[str]:
         lines += ["Not (fully) run: " + _one_line(target.error), ""]
     if not target.rows:
         return lines
-    standby = any(r.result is not None and r.result.cpu.standby is not None for r in target.rows)
+    support = any(r.result is not None and r.result.cpu.support is not None for r in target.rows)
     lines += [
         "| scenario | in-flight | channels | ops/s | items/s | p50 ms | p99 ms "
         "| client cores | server cores | server CPU µs/op "
-        + ("| standby cores | standby behind s " if standby else "")
+        + ("| etcd cores " if support else "")
         + "| other / steal cores | errors |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-        + (" ---: | ---: |" if standby else "")
+        + (" ---: |" if support else "")
         + " --- |",
     ]
     for row in target.rows:
         res = row.result
         if res is None:
-            empty = 12 if standby else 10
+            empty = 11 if support else 10
             lines.append(f"| {row.scenario} |" + " |" * empty + f" {_one_line(row.error or '')} |")
             continue
         items = (
@@ -530,11 +718,7 @@ def target_lines(target: TargetResult) -> list[str]:
             f"| {row.scenario} | {res.inflight} | {res.channels} | {res.ops_per_s:,.0f} "
             f"| {items} | {res.p50_ms:.3f} | {res.p99_ms:.3f} | {_cores(res.cpu.client)} "
             f"| {_cores(res.cpu.server)} | {_per_op_us(res)} "
-            + (
-                f"| {_cores(res.cpu.standby)} | {_seconds(res.standby_catch_up_s)} "
-                if standby
-                else ""
-            )
+            + (f"| {_cores(res.cpu.support)} " if support else "")
             + f"| {res.cpu.other:.2f} / {res.cpu.steal:.2f} "
             f"| {errors} |"
         )
@@ -566,6 +750,7 @@ def render(
     targets: dict[str, TargetResult],
     fsync_note: str | None = None,
     cores: int | None = None,
+    failovers: Sequence[FailoverResult] = (),
 ) -> str:
     lines = [
         "# CPS benchmark results",
@@ -585,8 +770,10 @@ def render(
     lines += persistence_lines(targets, levels)
     lines += ["", "### On a real disk", ""]
     lines += disk_lines(targets, fsync_note)
-    lines += ["", "## Cost of replication", ""]
-    lines += replication_lines(targets, levels, cores)
+    lines += ["", "## Cluster (issue 8)", ""]
+    lines += cluster_lines(targets, levels, failovers, cores)
+    lines += ["", "### Failover", ""]
+    lines += failover_lines(failovers)
     lines += ["", "## Notification latency (issue 3)", ""]
     lines += notify_lines(targets)
     lines += ["", "## Library checkpoints (issue 4)", ""]

@@ -1,11 +1,13 @@
 """Benchmark CLI: `python -m bench.run [--quick] [--seconds S] [--out bench/RESULTS.md]`.
 
-Starts the bare reference server, etcd and CPS (in memory, persistent on
-tmpfs, a persistent primary with one standby, persistent on a disk at --sync
-full and normal) one after the other as subprocesses on loopback ports, drives
-each with the same client code and writes one report with the ratios side by
-side: closed-loop throughput, the cost of persistence and of replication,
-notification latency and library-checkpoint throughput.
+Starts the bare reference server, etcd (one member, then three) and CPS (in
+memory, persistent on tmpfs, a 3-node cluster over a 3-member etcd,
+persistent on a disk at --sync full and normal) one after the other as
+subprocesses on loopback ports, drives each with the same client code, times
+the cluster's failover (kill -9 of an active) and writes one report with the
+ratios side by side: closed-loop throughput, the cost of persistence, the
+cluster's write modes and failover, notification latency and
+library-checkpoint throughput.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import datetime
 import os
 import shlex
@@ -27,9 +28,11 @@ from pathlib import Path
 
 from grpc import aio
 
+from bench import cluster as cl
 from bench import machine
 from bench import targets as tg
-from bench.cps_scenarios import CpsSuite, ReplicationSuite
+from bench.cps_scenarios import FORWARDING_NODE, ClusterSuite, CpsSuite
+from bench.failover import FailoverResult, failover_timeout, run_failover
 from bench.library_scenarios import LibrarySuite
 from bench.load import (
     CALL_TIMEOUT_S,
@@ -44,10 +47,12 @@ from bench.load import (
 from bench.notify import MAX_CHANNELS, SETTLE_S, NotifyFixture, NotifyResult, run_notify
 from bench.report import (
     CPS,
+    CPS_CLUSTER,
     CPS_DISK,
     CPS_DISK_NORMAL,
+    CPS_FAILOVER,
     CPS_MEM,
-    CPS_PAIR,
+    ETCD3,
     NOISY_OTHER_CORES,
     Row,
     TargetResult,
@@ -72,8 +77,12 @@ class TargetSpec:
     cps_flags: tuple[str, ...] | None = None
     # Run the notification-latency runs too.
     notify: bool = False
-    # CPS only: a primary with one standby following it (the client calls the primary).
-    standby: bool = False
+    # etcd only: its members (1: one process; more: a cluster started by the harness).
+    etcd_members: int = 1
+    # CPS only: CLUSTER_NODES nodes over a 3-member etcd (the harness), not one process.
+    cluster: bool = False
+    # Not a load target: the failover rounds of bench.failover.
+    failover: bool = False
 
 
 def _all_levels(args: argparse.Namespace) -> list[int]:
@@ -85,9 +94,16 @@ def _disk_levels(args: argparse.Namespace) -> list[int]:
     return sorted({min(args.levels), ratio_level(args.levels)})
 
 
-def _pair_levels(args: argparse.Namespace) -> list[int]:
-    """The replication runs: every level, only the targets' level with --quick."""
-    return [ratio_level(args.levels)] if args.quick else list(args.levels)
+def _no_levels(args: argparse.Namespace) -> list[int]:
+    return []
+
+
+# The cluster: its nodes, and the replicas of each checkpoint (the active included).
+CLUSTER_NODES = 3
+CLUSTER_REPLICAS = 3
+CLUSTER_FLAGS = ("--replicas", str(CLUSTER_REPLICAS))
+# How long the checkpoints may take to have every replica in sync after their creation.
+PLACEMENT_TIMEOUT_S = 30.0
 
 
 def _data_base(args: argparse.Namespace) -> Path:
@@ -107,6 +123,14 @@ SPECS = [
     ),
     TargetSpec("etcd", "etcd: single member, KV over gRPC", EtcdSuite, _all_levels, _data_base),
     TargetSpec(
+        ETCD3,
+        f"{ETCD3}: 3 members on this machine, KV Put over gRPC, to the leader",
+        lambda: EtcdSuite(only=["put"]),
+        _all_levels,
+        _data_base,
+        etcd_members=3,
+    ),
+    TargetSpec(
         CPS_MEM,
         f"{CPS_MEM}: cps-server --no-persist-server-checkpoints (server checkpoints in memory)",
         CpsSuite,
@@ -125,14 +149,25 @@ SPECS = [
         notify=True,
     ),
     TargetSpec(
-        CPS_PAIR,
-        f"{CPS_PAIR}: cps-server, default flags, as a primary with one standby "
-        "(server checkpoints stored in SQLite, replicated)",
-        ReplicationSuite,
-        _pair_levels,
+        CPS_CLUSTER,
+        f"{CPS_CLUSTER}: {CLUSTER_NODES} cps-server nodes over a 3-member etcd, "
+        f"--replicas {CLUSTER_REPLICAS} (server checkpoints in the replicas' memory)",
+        ClusterSuite,
+        _all_levels,
         _data_base,
-        cps_flags=(),
-        standby=True,
+        cps_flags=CLUSTER_FLAGS,
+        cluster=True,
+    ),
+    TargetSpec(
+        CPS_FAILOVER,
+        f"{CPS_FAILOVER}: kill -9 of the active of a synchronous checkpoint on "
+        f"{CLUSTER_NODES} nodes, --replicas {CLUSTER_REPLICAS}",
+        CompositeSuite,
+        _no_levels,
+        _data_base,
+        cps_flags=(),  # run_failover adds --replicas and --lease-ttl
+        cluster=True,
+        failover=True,
     ),
     TargetSpec(
         CPS_DISK,
@@ -173,7 +208,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 1 s per run, in-flight 1 and 16, 200 writes per notification run",
+        help="smoke run: 1 s per run, in-flight 1 and 16, 200 writes per notification run, "
+        "2 failover rounds at the first TTL only",
     )
     parser.add_argument(
         "--targets",
@@ -222,15 +258,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="length of the write schedule of a notification run: writes = rate x seconds "
         "(default 5: 1,000 writes at 200/s)",
     )
+    parser.add_argument(
+        "--failover-ttls",
+        default="3,2",
+        help="lease TTLs (whole seconds) of the failover runs, one cluster each "
+        "(default 3,2: the default TTL, then the shortest that etcd's default timing allows)",
+    )
+    parser.add_argument(
+        "--failover-rounds",
+        type=int,
+        default=5,
+        help="kill -9 rounds per failover TTL (default 5)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.inflight = 1.0, 0.3, "1,16"
         args.notify_seconds = min(args.notify_seconds, 1.0)
+        args.failover_rounds = min(args.failover_rounds, 2)
     try:
         args.levels = _int_list(args.inflight)
         args.notify_plan = _notify_plan(args.notify_runs, args.notify_seconds)
+        args.ttls = [int(x) for x in args.failover_ttls.split(",") if x.strip()]
     except ValueError as exc:
         parser.error(str(exc))
+    if args.quick:
+        args.ttls = args.ttls[:1]
+    if not args.ttls or min(args.ttls) < 1 or args.failover_rounds < 1:
+        parser.error(
+            f"bad --failover-ttls {args.failover_ttls!r} or --failover-rounds "
+            f"{args.failover_rounds}"
+        )
     requested = [t for t in args.targets.split(",") if t.strip()]
     args.target_names = [t for t in ALL_TARGETS if t in requested]
     unknown = set(requested) - set(ALL_TARGETS)
@@ -287,15 +344,36 @@ def cps_config(argv: Sequence[str]) -> str:
     return "server checkpoints in memory"
 
 
+def cluster_flags(args: argparse.Namespace, spec: TargetSpec) -> list[str]:
+    """The options of a cluster's nodes: --cps-cmd's, then the target's (the harness
+    adds --listen, --node-name, --data-dir, --etcd-endpoints, --cluster-name and
+    --grace-seconds before them)."""
+    program, *options = shlex.split(args.cps_cmd)
+    if not cl.same_program(program):
+        raise ValueError(
+            f"the cluster targets run {cl.harness_server()} (tests/cluster/harness), not "
+            f"{program}: give --cps-cmd that program, or leave out {CPS_CLUSTER} and "
+            f"{CPS_FAILOVER}"
+        )
+    return [*options, *(spec.cps_flags or ())]
+
+
+def uses_etcd(spec: TargetSpec) -> bool:
+    return spec.name.startswith("etcd") or spec.cluster
+
+
 def machine_info(args: argparse.Namespace) -> dict[str, str]:
     info = machine.versions()
-    if "etcd" in args.target_names:
+    if any(uses_etcd(SPEC_BY_NAME[name]) for name in args.target_names):
         info["etcd"] = tg.etcd_version(args.etcd_bin)
     by_base: dict[Path, list[str]] = {}
     for name in args.target_names:
         spec = SPEC_BY_NAME[name]
         if spec.data_base is not None:
-            by_base.setdefault(spec.data_base(args), []).append(f"`{name}`")
+            # A CPS cluster's nodes keep theirs in the harness's temporary folder (they
+            # hold no server checkpoint); its etcd's go under the data-dir base.
+            shown = f"`{name}` (its etcd)" if spec.cluster else f"`{name}`"
+            by_base.setdefault(spec.data_base(args), []).append(shown)
     info["data dirs (temporary, one per server)"] = "; ".join(
         f"{', '.join(names)} under {machine.describe_dir(base)}" for base, names in by_base.items()
     )
@@ -319,24 +397,61 @@ def fsync_note(args: argparse.Namespace) -> str | None:
 
 def _cps_line(args: argparse.Namespace, spec: TargetSpec) -> str:
     command = shlex.join(cps_argv(args, spec))
-    if not spec.standby:
-        return f"`{spec.name}`: `{command} --listen 127.0.0.1:PORT --data-dir TMPDIR`"
-    primary = shlex.join(tg.primary_args())
-    standby = shlex.join(tg.standby_args("127.0.0.1:PORT"))
-    return (
-        f"`{spec.name}`: primary `{command} {primary} --listen 127.0.0.1:PORT --data-dir "
-        f"TMPDIR`, then standby `{command} {standby} --listen 127.0.0.1:PORT2 --data-dir "
-        "TMPDIR2`"
+    return f"`{spec.name}`: `{command} --listen 127.0.0.1:PORT --data-dir TMPDIR`"
+
+
+def cluster_notes(args: argparse.Namespace, commands: dict[str, str]) -> list[str]:
+    """How the cluster targets ran, with each one's node command line as it ran."""
+    names = [n for n in args.target_names if SPEC_BY_NAME[n].cluster]
+    if not names and ETCD3 not in args.target_names:
+        return []
+    started = "; ".join(
+        f"`{name}`: `{commands[name]}`" if name in commands else f"`{name}`: not started"
+        for name in names
     )
+    ttls = ", ".join(f"{ttl} s" for ttl in args.ttls)
+    return [
+        f"Clusters: etcd's 3 members (`{ETCD3}`, and the etcd behind each CPS cluster) are "
+        "started by the cluster tests' harness (tests/cluster/harness/etcd_cluster.py, "
+        f"EtcdCluster) with etcd's default timing (heartbeat {cl.ETCD_HEARTBEAT_MS} ms, "
+        f"election {cl.ETCD_ELECTION_MS} ms), data dirs under {args.data_base}; `{ETCD3}`'s "
+        "client calls its leader (etcd's best case; a follower forwards puts to it). Server "
+        f"CPU of `{ETCD3}` is its 3 members together.",
+        f"`{CPS_CLUSTER}`: {CLUSTER_NODES} cps-server nodes started by the harness "
+        "(tests/cluster/harness/cps_cluster.py, CpsCluster) over a 3-member etcd of their "
+        f"own; node command lines (n0 shown) {started}. Every checkpoint has "
+        f"{CLUSTER_REPLICAS} replicas (the active and 2 backups, one per node); in a cluster "
+        "server checkpoints live in the replicas' memory (docs/replication.md), so the "
+        f"comparable single node is `{CPS_MEM}`. One checkpoint per write mode, each with one "
+        "1 KiB section per worker, created through node 0, which makes node 0 their active "
+        "replica; before the runs the harness waits until each record in etcd names node 0 "
+        f"active with all {CLUSTER_REPLICAS} replicas in sync, after them it checks the "
+        "records again and the nodes' logs (no replica left the in-sync set, no peer "
+        "dropped), else the target is marked failed. The client calls node 0, except "
+        f"`overwrite-sync-fwd`, which calls node {FORWARDING_NODE} (a backup: every call "
+        "forwarded to node 0), at in-flight 16 and more. Server CPU = the 3 nodes together; "
+        "etcd cores = the 3 etcd members (shown apart, not in other cores).",
+        f"Failover (`{CPS_FAILOVER}`): one fresh cluster as `{CPS_CLUSTER}` per lease TTL "
+        f"({ttls}), {args.failover_rounds} rounds each: create a synchronous checkpoint "
+        "(3 replicas) through node k (its active), wait until all replicas are in sync, "
+        "write 1 KiB overwrites in a closed loop (in-flight 1) through node k+1, kill -9 "
+        "node k (time 0 just before the signal), and time the first write sent after node k "
+        "was reaped and acknowledged (node k being dead, its successor acknowledged it); "
+        "also when the record in etcd first named a new active (polled every 20 ms). A "
+        "round is valid when the record ends with a survivor active at a higher epoch and "
+        "no write failed before the kill; a round waits at most "
+        f"{failover_timeout(max(args.ttls)):.0f} s. Then the checkpoint is deleted and "
+        "node k started again (a new member); k goes round the nodes, so some rounds kill "
+        "the director too. Node command lines as for the cluster, with --lease-ttl TTL.",
+    ]
 
 
-def method_notes(args: argparse.Namespace) -> list[str]:
+def method_notes(args: argparse.Namespace, cluster_commands: dict[str, str]) -> list[str]:
     cps_lines = [
         _cps_line(args, SPEC_BY_NAME[name])
         for name in args.target_names
-        if SPEC_BY_NAME[name].cps_flags is not None
+        if SPEC_BY_NAME[name].cps_flags is not None and not SPEC_BY_NAME[name].cluster
     ]
-    pair_levels = ", ".join(str(level) for level in _pair_levels(args))
     runs = ", ".join(f"{r.subscribers} at {r.rate:g}/s" for r in args.notify_plan) or "none"
     return [
         "Closed loop: the in-flight level is the number of concurrent workers (asyncio tasks "
@@ -363,20 +478,7 @@ def method_notes(args: argparse.Namespace) -> list[str]:
         "defaults, see `cps-server --help`): " + "; ".join(cps_lines) + ".",
         f"Disk targets (`{CPS_DISK}`, `{CPS_DISK_NORMAL}`) run only overwrite (and lib-write) "
         "at the lowest in-flight level and the targets' level.",
-        f"Replication (`{CPS_PAIR}`): the primary is started, then, once it serves, its "
-        "standby; the runs start once the standby logged that it follows (it applied the "
-        "primary's snapshot). The client calls the primary only. Two checkpoints, each with "
-        "one 1 KiB section per worker: `overwrite` on one created WR_ACTIVE_REPLICA "
-        "(asynchronous, as in the other CPS targets), `overwrite-sync` on one created "
-        f"WR_ALL_REPLICAS (synchronous), at in-flight {pair_levels}. Server CPU is the "
-        "primary's process tree; the standby's is shown apart (standby cores) and left out "
-        "of other cores. Before and after each run the harness waits until the standby is "
-        f"idle (under {tg.IDLE_CPU_S * 1e3:.0f} ms of CPU in {tg.IDLE_POLL_S:g} s): it has "
-        "applied every batch, so each run starts with it caught up; the wait after the "
-        "window is its catch-up time (its backlog), and standby µs/op counts its CPU in the "
-        "window and the catch-up. After the runs the logs are checked: the standby still "
-        "running, never dropped by the primary and never cut from it (else the target is "
-        "marked failed). The standby is stopped before its primary.",
+        *cluster_notes(args, cluster_commands),
         "Library: one library checkpoint with a dataset per worker; each run initializes one "
         "library handle per channel.",
         f"Notifications (`{CPS_MEM}`, `{CPS}`), runs of subscribers at writes/s: {runs}. "
@@ -411,21 +513,24 @@ async def bench_target(
     try:
         server.start()
         await server.wait_ready()
-        setup = await open_channels(server.address, 1)
+        if isinstance(server, cl.CpsClusterServer):
+            result.command = server.command_template()
+        setup = await open_channels(server.addresses[0], 1)
         try:
             await suite.prepare(setup[0], max(levels))
+            if isinstance(suite, ClusterSuite):
+                assert isinstance(server, cl.CpsClusterServer)
+                await _check_placement(server, suite, wait=True)
             for scenario in suite.scenarios:
                 for level in levels:
+                    if level < scenario.min_inflight:
+                        continue
                     row = await _run_one(server, scenario, level, args)
                     result.rows.append(row)
                     _log(f"  {name} {scenario.name} @{level}: " + _summary(row))
-            if isinstance(server, tg.CpsPair):
-                problems = server.replication_problems()
-                if problems:
-                    raise RuntimeError(
-                        "the standby did not follow all along (the synchronous runs may not "
-                        "have waited for it): " + "; ".join(problems)
-                    )
+            if isinstance(suite, ClusterSuite):
+                assert isinstance(server, cl.CpsClusterServer)
+                await _check_placement(server, suite, wait=False)
             with contextlib.suppress(Exception):
                 await suite.finish(setup[0])
             if spec.notify and args.notify_plan:
@@ -435,9 +540,42 @@ async def bench_target(
     except Exception as exc:
         result.error = describe(exc)
         _log(f"  {name}: {result.error}")
+        for process, tail in server.log_tails().items():
+            _log(f"{process} log tail:\n{tail}")
     finally:
         server.stop()
     return result
+
+
+async def _check_placement(server: cl.CpsClusterServer, suite: ClusterSuite, wait: bool) -> None:
+    """Every checkpoint of the suite has node 0 active and all its replicas in sync
+    (waiting for it up to PLACEMENT_TIMEOUT_S when `wait`), and no node logged that
+    a replica stopped being waited for since the last check."""
+    active = server.running.nodes[0].name
+    deadline = time.monotonic() + (PLACEMENT_TIMEOUT_S if wait else 0.0)
+    async with aio.insecure_channel(server.etcd_endpoints[0]) as channel:
+        for name in suite.names.values():
+            while True:
+                record = await cl.read_record(channel, server.cluster_name, name)
+                placed = (
+                    record is not None
+                    and cl.member_name(record.get("active")) == active
+                    and len(cl.in_sync_names(record)) == CLUSTER_REPLICAS
+                )
+                if placed:
+                    break
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(
+                        f"{name}: want {active} active with {CLUSTER_REPLICAS} replicas in "
+                        f"sync, the record says {cl.describe_record(record)}"
+                    )
+                await asyncio.sleep(0.05)
+    trouble = server.replication_trouble()
+    if trouble:
+        raise RuntimeError(
+            "a replica was not waited for all along (the synchronous rows may not have "
+            "waited for every replica): " + "; ".join(trouble[:5])
+        )
 
 
 async def _notify_runs(
@@ -448,7 +586,7 @@ async def _notify_runs(
         await fixture.prepare(setup)
         for plan in args.notify_plan:
             run = await run_notify(
-                server.address, server.pid, fixture, plan.subscribers, plan.writes, plan.rate
+                server.addresses[0], server.pid, fixture, plan.subscribers, plan.writes, plan.rate
             )
             result.notify.append(run)
             _log(
@@ -500,27 +638,18 @@ async def _run_once(
     server: tg.Server, scenario: Scenario, level: int, args: argparse.Namespace
 ) -> LoadResult:
     n_channels = channel_count(level)
-    pair = server if isinstance(server, tg.CpsPair) else None
-    if pair is not None:
-        await pair.standby_catch_up()  # every run starts with the standby caught up
-    channels = await open_channels(server.address, n_channels)
+    channels = await open_channels(server.addresses[scenario.node], n_channels)
     try:
         calls = await scenario.start(channels, level)
         try:
-            load = await run_load(
+            return await run_load(
                 calls,
                 warmup_s=args.warmup,
                 seconds=args.seconds,
                 channels=n_channels,
-                server_pid=server.pid,
-                standby_pid=server.standby_pid,
+                server_pids=server.server_pids,
+                support_pids=server.support_pids,
             )
-            if pair is not None:
-                seconds, cpu_s = await pair.standby_catch_up()
-                load = dataclasses.replace(
-                    load, standby_catch_up_s=seconds, standby_catch_up_cpu_s=cpu_s
-                )
-            return load
         finally:
             await scenario.stop()
     finally:
@@ -532,10 +661,8 @@ def _summary(row: Row) -> str:
     if res is None:
         return f"FAILED {row.error}"
     text = f"{res.ops_per_s:,.0f} ops/s p50 {res.p50_ms:.3f} ms p99 {res.p99_ms:.3f} ms"
-    if res.cpu.standby is not None:
-        text += f", server {res.cpu.server or 0:.2f} + standby {res.cpu.standby:.2f} cores"
-    if res.standby_catch_up_s is not None:
-        text += f", standby caught up {res.standby_catch_up_s:.1f} s after the window"
+    if res.cpu.support is not None:
+        text += f", server {res.cpu.server or 0:.2f} + etcd {res.cpu.support:.2f} cores"
     if res.errors:
         text += f" ({res.errors} errors: {res.first_error})"
     return text
@@ -544,11 +671,16 @@ def _summary(row: Row) -> str:
 def make_server(spec: TargetSpec, args: argparse.Namespace, workdir: Path) -> tg.Server:
     if spec.name == "bare":
         return tg.bare_server(workdir)
+    if spec.etcd_members > 1:
+        etcd = cl.new_etcd(spec.etcd_members, args.etcd_bin, Path(args.data_base))
+        return cl.EtcdClusterServer(spec.name, etcd)
     if spec.name == "etcd":
         return tg.etcd_server(workdir, args.etcd_bin, Path(args.data_base))
+    if spec.cluster:
+        etcd = cl.new_etcd(3, args.etcd_bin, Path(args.data_base))
+        return cl.CpsClusterServer(spec.name, etcd, CLUSTER_NODES, cluster_flags(args, spec))
     assert spec.data_base is not None and spec.cps_flags is not None
-    factory = tg.cps_pair if spec.standby else tg.cps_server
-    return factory(
+    return tg.cps_server(
         workdir,
         shlex.split(args.cps_cmd),
         spec.data_base(args),
@@ -561,29 +693,68 @@ def new_result(spec: TargetSpec, args: argparse.Namespace) -> TargetResult:
     result = TargetResult(name=spec.name, title=spec.title)
     if spec.data_base is not None:
         result.data_dir = machine.describe_dir(spec.data_base(args))
-    if spec.cps_flags is not None:
+        if spec.cluster:
+            result.data_dir = f"{result.data_dir} for its etcd, the nodes' in a temporary folder"
+    if spec.cluster:
+        result.config = (
+            f"{CLUSTER_NODES} nodes, {CLUSTER_REPLICAS} replicas per checkpoint, server "
+            "checkpoints in memory"
+        )
+    elif spec.cps_flags is not None:
         result.config = cps_config(cps_argv(args, spec))
-        if spec.standby:
-            result.config = "primary + 1 standby, " + result.config
+    elif spec.etcd_members > 1:
+        result.config = f"{spec.etcd_members} members"
     return result
 
 
-async def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, TargetResult]:
+async def _failover_runs(args: argparse.Namespace, spec: TargetSpec) -> list[FailoverResult]:
+    results: list[FailoverResult] = []
+    for ttl in args.ttls:
+        try:
+            flags = cluster_flags(args, spec)
+        except ValueError as exc:
+            results.append(FailoverResult(ttl=ttl, replicas=CLUSTER_REPLICAS, error=str(exc)))
+            continue
+        results.append(
+            await run_failover(
+                ttl=ttl,
+                rounds=args.failover_rounds,
+                replicas=CLUSTER_REPLICAS,
+                flags=flags,
+                etcd_binary=args.etcd_bin,
+                data_base=Path(args.data_base),
+                log=_log,
+            )
+        )
+    return results
+
+
+@dataclass
+class RunResults:
+    targets: dict[str, TargetResult]
+    failovers: list[FailoverResult]
+
+
+async def run_all(args: argparse.Namespace, workdir: Path) -> RunResults:
     # SIGTERM and SIGINT cancel the run, so every `finally` stops its server.
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, task.cancel)
-    results: dict[str, TargetResult] = {}
+    results = RunResults({}, [])
     for name in args.target_names:
         spec = SPEC_BY_NAME[name]
         _log(f"{name}:")
-        result = results[name] = new_result(spec, args)
+        if spec.failover:
+            results.failovers = await _failover_runs(args, spec)
+            continue
+        result = results.targets[name] = new_result(spec, args)
         try:
             server = make_server(spec, args, workdir)
         except Exception as exc:
             result.error = describe(exc)
+            _log(f"  {name}: {result.error}")
             continue
         await bench_target(spec, server, result, args)
     return results
@@ -615,30 +786,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             with _signals_ignored():
                 tg.stop_all()
-        for result in results.values():
-            if result.error is None:
-                continue
-            for process in (result.name, f"{result.name}-standby"):
-                log = Path(tmp) / f"{process}.log"
-                if log.exists():
-                    tail = log.read_text(errors="replace").splitlines()[-10:]
-                    _log(f"{process} log tail:\n" + "\n".join(tail))
+    commands = {r.name: r.command for r in results.targets.values() if r.command}
+    if results.failovers and results.failovers[0].command:
+        commands.setdefault(CPS_FAILOVER, results.failovers[0].command)
     text = render(
         command=command,
         date=date,
         duration_s=time.monotonic() - started,
         machine=machine_info(args),
-        method=method_notes(args),
+        method=method_notes(args, commands),
         levels=args.levels,
-        targets=results,
+        targets=results.targets,
         fsync_note=fsync,
         cores=os.cpu_count(),
+        failovers=results.failovers,
     )
     print(text)
     if args.out is not None:
         args.out.write_text(text)
         _log(f"wrote {args.out}")
-    return 1 if any(r.failed for r in results.values()) else 0
+    failed = any(r.failed for r in results.targets.values()) or any(
+        f.failed for f in results.failovers
+    )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -30,6 +30,10 @@ class Scenario(ABC):
     # Units of work per call (write32: 32 section writes), with their name.
     items_per_op: int = 1
     item_unit: str | None = None
+    # The node it calls, on a target of several (an index into Server.addresses).
+    node: int = 0
+    # It runs at the in-flight levels from this one up only.
+    min_inflight: int = 1
 
     @abstractmethod
     async def start(self, channels: Sequence[aio.Channel], inflight: int) -> list[Call]:
@@ -137,10 +141,13 @@ class EtcdGet(Scenario):
 
 
 class EtcdSuite(Suite):
-    def __init__(self) -> None:
-        self.scenarios = [EtcdPut(), EtcdGet()]
+    def __init__(self, only: Collection[str] | None = None) -> None:
+        """put and get, or those named in `only`."""
+        self.scenarios = chosen([EtcdPut(), EtcdGet()], only)
 
     async def prepare(self, channel: aio.Channel, max_inflight: int) -> None:
+        if not any(s.name == "get" for s in self.scenarios):
+            return
         put = raw_unary(channel, ETCD_PUT_METHOD)
         for i in range(max_inflight):
             request = etcd.PutRequest(key=_etcd_key("get", i), value=PAYLOAD)

@@ -1,8 +1,10 @@
-"""The server processes under test: CPS (alone, or a primary with a standby),
-the bare gRPC server and etcd.
+"""The server processes under test: CPS (one node, or a 3-node cluster over a
+3-member etcd), the bare gRPC server and etcd (one member or three).
 
 Each runs as a subprocess on a loopback port, so it does not share the CPU or
-the GIL with the client. A process is only ever stopped by its own pid.
+the GIL with the client. A process is only ever stopped by its own pid. The
+clusters (etcd's and CPS's) are started by the cluster tests' harness,
+tests/cluster/harness, the one tested way to run them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from typing import Protocol
 import grpc
 from grpc import aio
 
-from bench import cpu
 from bench.load import raw_unary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -37,30 +38,44 @@ Probe = Callable[[aio.Channel], Awaitable[bool]]
 
 
 class Server(Protocol):
-    """What the runs need of a target: one process, or a primary with its standby."""
+    """What the runs need of a target: one process, or a cluster of several."""
 
     @property
     def name(self) -> str: ...
 
     @property
-    def address(self) -> str:
-        """Where the client sends its calls."""
+    def addresses(self) -> list[str]:
+        """Where the client can send its calls: one address, or one per node
+        (a scenario names the node it calls, 0 unless it says otherwise)."""
         ...
 
     @property
     def pid(self) -> int:
-        """The process whose tree counts as the server's CPU."""
+        """The main process (a cluster's node 0)."""
         ...
 
     @property
-    def standby_pid(self) -> int | None:
-        """A standby's process (its CPU is shown apart), None without one."""
+    def server_pids(self) -> list[int]:
+        """The processes whose trees count together as the server's CPU."""
+        ...
+
+    @property
+    def support_pids(self) -> list[int]:
+        """Processes the server needs, shown apart (a cluster's etcd members)."""
         ...
 
     def start(self) -> None: ...
 
     async def wait_ready(self) -> None: ...
 
+    def stop(self) -> None: ...
+
+    def log_tails(self) -> dict[str, str]:
+        """The last lines of each process's log, by process name (for a failure)."""
+        ...
+
+
+class Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
@@ -76,13 +91,23 @@ def free_ports(count: int) -> list[int]:
 
 
 # Started and not yet stopped, so that stop_all can stop them on any exit.
-_LIVE: list[ServerProcess] = []
+_LIVE: list[Stoppable] = []
 
 
 def stop_all() -> None:
     """Stop every server still running (each by its own pid)."""
     while _LIVE:
         _LIVE[-1].stop()
+
+
+def track(started: Stoppable) -> None:
+    """Remember a started server, for stop_all."""
+    _LIVE.append(started)
+
+
+def untrack(stopped: Stoppable) -> None:
+    if stopped in _LIVE:
+        _LIVE.remove(stopped)
 
 
 @dataclass(eq=False)
@@ -106,7 +131,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        _LIVE.append(self)
+        track(self)
 
     @property
     def pid(self) -> int:
@@ -115,8 +140,19 @@ class ServerProcess:
         return self.proc.pid
 
     @property
-    def standby_pid(self) -> int | None:
-        return None
+    def addresses(self) -> list[str]:
+        return [self.address]
+
+    @property
+    def server_pids(self) -> list[int]:
+        return [self.pid]
+
+    @property
+    def support_pids(self) -> list[int]:
+        return []
+
+    def log_tails(self) -> dict[str, str]:
+        return {self.name: self.log_tail(10)}
 
     @property
     def running(self) -> bool:
@@ -178,8 +214,7 @@ class ServerProcess:
                 proc.wait(timeout=STOP_TIMEOUT_S)
         for directory in self.cleanup_dirs:
             shutil.rmtree(directory, ignore_errors=True)
-        if self in _LIVE:
-            _LIVE.remove(self)
+        untrack(self)
 
 
 async def _up_unless_unavailable(call: Callable[[], Awaitable[object]]) -> bool:
@@ -260,136 +295,6 @@ def cps_server(
         log_path=workdir / f"{name}.log",
         cleanup_dirs=[data_dir],
     )
-
-
-# --- CPS: a primary and its standby ----------------------------------------
-
-PRIMARY_NODE = "primary"
-STANDBY_NODE = "standby"
-# What the standby logs once it applied the primary's snapshot (docs/replication.md).
-FOLLOWING_LOG = '"msg": "following"'
-# What the primary logs when it drops its standby (a synchronous batch not
-# acknowledged in time, or too far behind), and what the standby logs when
-# its stream to the primary breaks.
-DROPPED_LOG = '"msg": "follower dropped"'
-UNREACHABLE_LOG = '"msg": "primary unreachable"'
-# The standby has caught up once it uses less CPU than this in a poll interval
-# (its CPU time counts in clock ticks of 10 ms): with no backlog it only
-# answers keepalive pings.
-IDLE_POLL_S = 0.2
-IDLE_CPU_S = 0.02
-CATCH_UP_TIMEOUT_S = 60.0
-
-
-def primary_args() -> list[str]:
-    return ["--node-name", PRIMARY_NODE]
-
-
-def standby_args(primary_address: str) -> list[str]:
-    return ["--node-name", STANDBY_NODE, "--standby-of", primary_address]
-
-
-@dataclass(eq=False)
-class CpsPair:
-    """A CPS primary and one standby following it, each with its own data dir.
-
-    The client talks to the primary only (a standby serves no client). Ready
-    once the primary serves and the standby has applied its snapshot.
-    """
-
-    name: str
-    primary: ServerProcess
-    standby: ServerProcess
-
-    @property
-    def address(self) -> str:
-        return self.primary.address
-
-    @property
-    def pid(self) -> int:
-        return self.primary.pid
-
-    @property
-    def standby_pid(self) -> int | None:
-        return self.standby.pid
-
-    def start(self) -> None:
-        self.primary.start()
-
-    async def wait_ready(self) -> None:
-        await self.primary.wait_ready()
-        self.standby.start()
-        await self.standby.wait_for_log(FOLLOWING_LOG, "following its primary")
-
-    def stop(self) -> None:
-        # The standby first: without its primary it would try to take over.
-        self.standby.stop()
-        self.primary.stop()
-
-    async def standby_catch_up(self) -> tuple[float, float]:
-        """Wait until the standby is idle: it has applied every batch sent so far.
-
-        The primary queues every committed batch for the standby without
-        waiting (except for synchronous checkpoints), so after a run of
-        asynchronous writes the standby may still be applying a backlog.
-        Returns the seconds it took, to the start of the first idle poll
-        interval (resolution IDLE_POLL_S), and the standby's CPU seconds
-        meanwhile.
-        """
-        start = time.monotonic()
-        deadline = start + CATCH_UP_TIMEOUT_S
-        first = used = cpu.tree_seconds(self.standby.pid)
-        while True:
-            await asyncio.sleep(IDLE_POLL_S)
-            now = time.monotonic()
-            previous, used = used, cpu.tree_seconds(self.standby.pid)
-            if used - previous < IDLE_CPU_S:
-                return max(0.0, now - IDLE_POLL_S - start), previous - first
-            if not self.standby.running or now > deadline:
-                raise RuntimeError(
-                    f"{self.standby.name} still busy {now - start:.0f} s after the run "
-                    f"(running: {self.standby.running})"
-                )
-
-    def replication_problems(self) -> list[str]:
-        """Why the standby may not have followed all along (empty: it did)."""
-        problems: list[str] = []
-        if not self.standby.running:
-            problems.append(f"{self.standby.name} is not running")
-        if DROPPED_LOG in self.primary.log_text():
-            problems.append(f"{self.primary.name} dropped its standby")
-        if UNREACHABLE_LOG in self.standby.log_text():
-            problems.append(f"{self.standby.name} lost its stream to the primary")
-        return problems
-
-
-def cps_pair(
-    workdir: Path,
-    command: list[str],
-    dir_base: Path,
-    name: str = "cps-pair",
-    extra_args: Sequence[str] = (),
-) -> CpsPair:
-    """A primary (logging to NAME.log) and its standby (NAME-standby.log), both
-    with default replication options and `extra_args`."""
-    primary_port, standby_port = free_ports(2)
-    primary = cps_server(
-        workdir,
-        command,
-        dir_base,
-        name=name,
-        extra_args=[*extra_args, *primary_args()],
-        port=primary_port,
-    )
-    standby = cps_server(
-        workdir,
-        command,
-        dir_base,
-        name=f"{name}-standby",
-        extra_args=[*extra_args, *standby_args(primary.address)],
-        port=standby_port,
-    )
-    return CpsPair(name, primary, standby)
 
 
 # --- etcd -----------------------------------------------------------------
