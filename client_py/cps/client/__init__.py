@@ -47,6 +47,12 @@ Notes:
   [ChangedSection])`` and ``Callbacks.dropped(count)`` when the node had to
   drop notifications (re-read what you watch).
 - The selection object is readable exactly while callbacks are pending.
+- ``Session.connect("a:50051,b:50051,c:50051")`` follows the cluster: when
+  its node dies, freezes or refuses, the session moves to another node of
+  the list and opens its checkpoints, registrations and iterations again
+  there; ``Callbacks.moved(node, lost)`` says so. Every call has a deadline
+  (``timeout=``, 10 s by default). What an application sees during a
+  failover: docs/clients/python.md.
 - ``AsyncSession`` (with ``AsyncCallbacks`` and ``AsyncCheckpoint``) is the
   asyncio flavour over grpc.aio: the same calls as coroutines, callbacks run
   (and awaited if coroutine functions) in ``await session.dispatch(...)``.
@@ -58,6 +64,7 @@ Notes:
 """
 
 from ._connect import DEFAULT_CHANNEL_OPTIONS
+from ._failover import DEFAULT_TIMEOUT
 from .aio_checkpoint import AsyncCheckpoint
 from .aio_iteration import AsyncSectionIterator
 from .aio_session import AsyncSession
@@ -65,6 +72,7 @@ from .callbacks import (
     AsyncCallbacks,
     Callbacks,
     DroppedCallback,
+    MovedCallback,
     NotificationCallback,
     OpenCallback,
     SynchronizeCallback,
@@ -132,6 +140,7 @@ __all__ = [
     "CLIENT_VERSION",
     "DEFAULT_CHANNEL_OPTIONS",
     "DEFAULT_SECTION_ID",
+    "DEFAULT_TIMEOUT",
     "FOREVER",
     "NEVER",
     "AlreadyExistError",
@@ -166,6 +175,7 @@ __all__ = [
     "LibraryInvalidHandleError",
     "LibraryInvalidParameterError",
     "LibraryNotExistError",
+    "MovedCallback",
     "NoActiveReplicaError",
     "NoMemoryError",
     "NoResourceError",
