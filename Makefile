@@ -59,8 +59,10 @@ lint: $(STAMP) breaking lint-deploy
 
 # The deployment files of docker/, offline (docs/deployment.md): Kubernetes
 # manifests and compose files against the JSON schemas bundled in the dev
-# extra's packages, cps-server flags, hadolint, shellcheck; and mypy on the
-# scripts outside the folders that `lint` hands to mypy.
+# extra's packages, cps-server flags, every node's settings through the
+# server's own validation (a node that would refuse to start fails here),
+# hadolint, shellcheck; and mypy on the scripts outside the folders that
+# `lint` hands to mypy.
 lint-deploy: $(STAMP)
 	$(BIN)/python scripts/validate_deploy.py
 	$(BIN)/mypy scripts/validate_deploy.py docker/healthcheck.py

@@ -4,7 +4,7 @@
 # Ctrl-C (or SIGTERM). `make cluster` runs it.
 #
 #   nodes  127.0.0.1:50051, 127.0.0.1:50052, 127.0.0.1:50053
-#   etcd   127.0.0.1:2379, 127.0.0.1:22379, 127.0.0.1:32379
+#   etcd   127.0.0.1:2379, 127.0.0.1:12379, 127.0.0.1:22379
 #
 # Environment: CPS_BASE_PORT (50051), ETCD_BASE_PORT (2379), CLUSTER_DIR
 # (a new temporary folder), BIN (.venv/bin).
