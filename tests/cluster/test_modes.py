@@ -145,12 +145,16 @@ def test_collocated_checkpoint_has_no_active_until_active_replica_set(
     assert data is not None and data["epoch"] == 2
 
 
-def test_notifications_reach_sessions_on_every_node(cluster: CpsCluster) -> None:
+@pytest.mark.parametrize("flags", [SYNC, ASYNC], ids=["sync", "async"])
+def test_notifications_reach_sessions_on_every_node(
+    cluster: CpsCluster, flags: tuple[int, ...]
+) -> None:
     a, b, c = cluster.nodes
-    create(a.address, "notified", ASYNC)
+    name = f"notified-{flags[0]}"
+    create(a.address, name, flags)
     arrived: queue.Queue[pb.Callback] = queue.Queue()
     with client(c.address) as watcher, client(b.address) as writer:
-        watched = watcher.open("notified", flags=RW)
+        watched = watcher.open(name, flags=RW)
         watcher.stub.ImmediateConsumptionRegister(
             pb.ImmediateConsumptionRegisterRequest(checkpoint_handle=watched)
         )
@@ -163,7 +167,7 @@ def test_notifications_reach_sessions_on_every_node(cluster: CpsCluster) -> None
                         arrived.put(callback)
 
         threading.Thread(target=read_stream, daemon=True).start()
-        handle = writer.open("notified", flags=RW)
+        handle = writer.open(name, flags=RW)
         writer.create_section(handle, b"s", b"1")
         overwrite(writer, handle, b"s", b"2")
         changes: list[tuple[bytes, int]] = []

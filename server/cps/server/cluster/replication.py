@@ -166,7 +166,11 @@ class Replication:
         if not waiting:
             return None
         seq = replica.seq
-        return self._wait(ref, seq, {m: self.link(m).wait(ref, seq) for m in waiting})
+        # A task, not a bare coroutine: the writer awaits it, and so does the
+        # notification that waits for the same acknowledgement.
+        return asyncio.ensure_future(
+            self._wait(ref, seq, {m: self.link(m).wait(ref, seq) for m in waiting})
+        )
 
     async def _wait(self, ref: Ref, seq: int, futures: dict[Member, asyncio.Future[None]]) -> None:
         _, pending = await asyncio.wait(futures.values(), timeout=self.timeout)

@@ -88,9 +88,10 @@ class Replication(Protocol):
 
     def replicated(self, record: Record, replica: Replica) -> Awaitable[None] | None:
         """Done when every in-sync backup holds replica.seq (None: nothing to
-        wait for). A backup that does not answer in time leaves the in-sync
-        set before this is done; where that fails the outcome is unknown
-        (CkptError TIMEOUT)."""
+        wait for); awaitable more than once (the writer and the notification
+        of its change both wait for it). A backup that does not answer in
+        time leaves the in-sync set before this is done; where that fails
+        the outcome is unknown (CkptError TIMEOUT)."""
         ...
 
     def notify(self, record: Record, nodes: list[str], changes: Changes) -> None:
