@@ -33,6 +33,12 @@ log = logging.getLogger("cps.links")
 
 # A Batch message carries about this much; a larger item goes alone.
 BATCH_BYTES = 4 * 1024 * 1024
+# Batches sent and not acknowledged yet: while they are on their way, new
+# items gather into the next batch (group commit across the link). At 64
+# writes in flight one batch per round trip carried about 1 item with no
+# limit (every write was a stream message of its own); a lone write is
+# still sent at once.
+BATCHES_IN_FLIGHT = 1
 
 
 class LinkDropped(Exception):
@@ -91,6 +97,7 @@ class Link:
         # (the index of the snapshot that will settle it).
         self._resyncing: dict[Ref, int] = {}
         self._wake = asyncio.Event()
+        self._in_flight: deque[int] = deque()  # the last index of each batch sent
         self.fail_after_ack = 0  # a failpoint (see cps.server.failpoints)
         self.connected = False
         self.down_since: float | None = asyncio.get_running_loop().time()
@@ -177,18 +184,20 @@ class Link:
         )
         await call.write(pb.ReplicateRequest(hello=hello))
         self._outbox = deque(self._unacked)  # everything not acknowledged, again
+        self._in_flight.clear()
         receiving = asyncio.create_task(self._receive(call))
         self.connected = True
         self.down_since = None
         try:
             while not receiving.done():
-                if not self._outbox:
+                if not self._outbox or len(self._in_flight) >= BATCHES_IN_FLIGHT:
                     self._wake.clear()
                     waiter = asyncio.ensure_future(self._wake.wait())
                     await asyncio.wait({waiter, receiving}, return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     continue
                 batch = self._next_batch()
+                self._in_flight.append(batch.first_index + len(batch.items) - 1)
                 await call.write(pb.ReplicateRequest(batch=batch))
                 if self.fail_after_ack and batch.first_index <= self.fail_after_ack:
                     await self._fail_once_acknowledged(receiving)
@@ -238,6 +247,9 @@ class Link:
         if index <= self.acknowledged:
             return
         self.acknowledged = index
+        while self._in_flight and self._in_flight[0] <= index:
+            self._in_flight.popleft()
+            self._wake.set()  # the next batch may go
         touched: set[Ref] = set()
         while self._unacked and self._unacked[0].index <= index:
             entry = self._unacked.popleft()
