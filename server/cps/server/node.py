@@ -23,6 +23,7 @@ from cps.v1 import (
 )
 
 from .api.checkpoint_service import CheckpointService
+from .api.gate import RequestGate
 from .api.library_service import LibraryCheckpointService
 from .cluster.solo import NoForwarder, NoReplication, SoloDirectory
 from .config import Settings
@@ -308,6 +309,8 @@ async def serve(settings: Settings) -> None:
 def _grpc_server(settings: Settings) -> grpc.aio.Server:
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     return grpc.aio.server(
+        # An undecodable request is refused with INVALID_ARGUMENT, not UNKNOWN.
+        interceptors=[RequestGate()],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
