@@ -382,3 +382,63 @@ def test_killed_client_is_reaped_and_retention_starts() -> None:
             with pytest.raises(grpc.RpcError) as caught:
                 Client(channel).open("orphan", flags=RW)
             assert seed_error(caught.value)[1] == "CL_CKPT_ERR_NOT_EXIST"
+
+
+def test_no_callbacks_message_exceeds_its_bound_and_a_resume_gets_everything() -> None:
+    """One write's notification larger than the bound is split over several
+    callbacks, a backlog over several messages; a resume replays in bounded
+    messages too. Lifting the bound sends everything in one large message."""
+    bound, sections, overwrites = 16 * 1024, 300, 60
+    with (
+        running_node("--max-callback-message-bytes", str(bound)) as node,
+        grpc.insecure_channel(f"127.0.0.1:{node.port}") as channel,
+    ):
+        client = Client(channel)
+        handle = client.open("bounded", attributes(max_sections=sections, max_section_id_size=64))
+        ids = [b"%060d" % index for index in range(sections)]
+        for section_id in ids:
+            client.create_section(handle, section_id, b"")
+        register(client, handle)
+        client.stub.CheckpointWrite(  # one notification of ~23 KB
+            pb.CheckpointWriteRequest(
+                checkpoint_handle=handle,
+                io_vector=[
+                    t.IOVectorElement(section_id=sid(section_id), data_buffer=b"x")
+                    for section_id in ids
+                ],
+            )
+        )
+        for index in range(overwrites):  # a backlog of small ones
+            client.stub.SectionOverwrite(
+                pb.SectionOverwriteRequest(
+                    checkpoint_handle=handle, section_id=sid(ids[index]), data_buffer=b"y"
+                )
+            )
+        expected = [(section_id, t.SECTION_CHANGE_WRITTEN) for section_id in ids] + [
+            (ids[index], t.SECTION_CHANGE_OVERWRITTEN) for index in range(overwrites)
+        ]
+
+        def receive(resume_after: int) -> tuple[list[pb.Callback], list[int]]:
+            stream = client.stub.Callbacks(
+                pb.CallbacksRequest(
+                    service_handle=client.session, resume_after_sequence=resume_after
+                )
+            )
+            received: list[pb.Callback] = []
+            sizes: list[int] = []
+            for message in stream:
+                sizes.append(message.ByteSize())
+                received.extend(message.callbacks)
+                if len(changes(received)) >= len(expected):
+                    break
+            stream.cancel()
+            return received, sizes
+
+        received, sizes = receive(0)
+        assert changes(received) == expected
+        assert len(sizes) > 1 and max(sizes) <= bound, sizes
+        sequences = [callback.sequence for callback in received]
+        assert sequences == list(range(1, len(received) + 1))
+        replayed, sizes = receive(0)  # everything was sent: all of it again
+        assert changes(replayed) == expected
+        assert max(sizes) <= bound, sizes

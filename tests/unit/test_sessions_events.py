@@ -7,12 +7,14 @@ import pytest
 
 from cps.server.core.errors import ErrorCode
 from cps.server.core.events import (
+    MESSAGE_OVERHEAD,
     Event,
     EventsLost,
     Notification,
     OpenCompleted,
     SessionEvents,
     SynchronizeCompleted,
+    notification_bytes,
 )
 from cps.server.core.sessions import Version, VersionMismatch
 from cps.server.core.types import Change, OpenFlag, WriteElement
@@ -323,3 +325,16 @@ def test_a_write_of_one_section_in_several_elements_notifies_it_once(
     assert notifications(manager.take_events(session)) == [
         (handle, [(b"a", Change.WRITTEN), (b"b", Change.WRITTEN)])
     ]
+
+
+def test_a_notification_larger_than_a_message_is_taken_as_several() -> None:
+    events = SessionEvents(max_depth=10, max_message_bytes=4096)
+    ids = [b"%050d" % index for index in range(200)]  # ~13 KB of changes
+    events.push(Notification("big", 7, [(section_id, Change.WRITTEN) for section_id in ids]))
+    events.push(Notification("small", 8, [(b"a", Change.CREATED)]))
+    taken = events.take_numbered()
+    parts = [event for _, event in taken if isinstance(event, Notification)]
+    assert len(parts) > 3 and parts[-1].checkpoint_name == "small"
+    assert [section_id for part in parts[:-1] for section_id, _ in part.changes] == ids
+    assert all(notification_bytes(part) <= 4096 - MESSAGE_OVERHEAD for part in parts)
+    assert [number for number, _ in taken] == list(range(1, len(taken) + 1))

@@ -487,7 +487,12 @@ _LIMIT_HELP = {
     "it the peer leaves the in-sync sets and is sent whole again",
     "max_callback_queue": "callbacks waiting for one session's stream; beyond it "
     "notifications are merged, then dropped (EventsLost)",
+    "max_callback_message_bytes": "bytes of one Callbacks stream message: a larger "
+    "notification is split over several callbacks, waiting callbacks over several "
+    "messages (keep it below the clients' receive limit, 4 MiB in gRPC)",
 }
+# Limits that make no sense below a floor (default floor: 1).
+_LIMIT_MINIMUM = {"max_callback_message_bytes": 16 * 1024}
 _KINDS: dict[str, Kind] = {"int": "int", "float": "float", "bool": "bool", "str": "str"}
 
 
@@ -514,7 +519,7 @@ def _limit_options() -> tuple[Option, ...]:
                 "limit: " + (helps or field.name.replace("_", " ")),
                 "limits",
                 metavar=_limit_metavar(field.name, kind),
-                check=_at_least(1) if kind == "int" else None,
+                check=_at_least(_LIMIT_MINIMUM.get(field.name, 1)) if kind == "int" else None,
             )
         )
     return tuple(options)

@@ -20,10 +20,29 @@ from . import convert
 from .calls import identity, seed_rpc
 
 
-def _callbacks(numbered: list[tuple[int, Event]]) -> pb.CallbacksResponse:
-    return pb.CallbacksResponse(
-        callbacks=[convert.callback_message(number, event) for number, event in numbered]
-    )
+def _callbacks(numbered: list[tuple[int, Event]], max_bytes: int) -> list[pb.CallbacksResponse]:
+    """The callbacks in order, in as few messages as fit within ``max_bytes``
+    each (a callback larger than that, which the core's splitting of
+    notifications leaves only for a bound below one section id, goes alone)."""
+    messages: list[pb.CallbacksResponse] = []
+    batch: list[pb.Callback] = []
+    size = 0
+    for number, event in numbered:
+        callback = convert.callback_message(number, event)
+        length = callback.ByteSize()
+        cost = 1 + _varint_bytes(length) + length  # tag, length, body
+        if batch and size + cost > max_bytes:
+            messages.append(pb.CallbacksResponse(callbacks=batch))
+            batch, size = [], 0
+        batch.append(callback)
+        size += cost
+    if batch:
+        messages.append(pb.CallbacksResponse(callbacks=batch))
+    return messages
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
 
 
 _EMPTY_OPEN_ASYNC = pb.CheckpointOpenAsyncResponse()
@@ -75,9 +94,9 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
         if previous is not None:
             previous()  # wakes the old stream, which sees it was superseded
         try:
-            replay = events.sent_after(request.resume_after_sequence)
-            if replay:
-                yield _callbacks(replay)
+            limit = events.max_message_bytes
+            for message in _callbacks(events.sent_after(request.resume_after_sequence), limit):
+                yield message
             while not events.closed:
                 if events.on_ready != ready.set:
                     superseded = CkptError(
@@ -89,7 +108,8 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
                     ready.clear()
                     await ready.wait()
                     continue
-                yield _callbacks(events.take_numbered())
+                for message in _callbacks(events.take_numbered(), limit):
+                    yield message
         finally:
             if events.on_ready == ready.set:
                 events.on_ready = None

@@ -57,8 +57,10 @@ class SessionEvents:
     call the client made.
     """
 
-    def __init__(self, max_depth: int) -> None:
+    def __init__(self, max_depth: int, max_message_bytes: int = 1024**2) -> None:
         self.max_depth = max_depth
+        # No callback taken is (much) larger: see split_notification.
+        self.max_message_bytes = max_message_bytes
         self.queue: deque[Event] = deque()
         self.sequence = 0  # of the last event taken
         # The last events taken, kept to be sent again to a stream that
@@ -109,9 +111,11 @@ class SessionEvents:
         """Every waiting event with its sequence number (1, 2, ... per
         session), kept for a stream that resumes."""
         taken = []
-        for event in self.queue:
-            self.sequence += 1
-            taken.append((self.sequence, event))
+        budget = self.max_message_bytes - MESSAGE_OVERHEAD
+        for waiting in self.queue:
+            for event in split_notification(waiting, budget):
+                self.sequence += 1
+                taken.append((self.sequence, event))
         self.queue.clear()
         self._latest.clear()
         self._lost = None
@@ -137,6 +141,39 @@ class SessionEvents:
         self._lost = None
         if self.on_ready is not None:
             self.on_ready()
+
+
+# Room kept in a message for its framing and a callback's other fields.
+MESSAGE_OVERHEAD = 1024
+CHANGE_OVERHEAD = 16  # a ChangedSection's tags, lengths and kind
+
+
+def notification_bytes(event: Notification) -> int:
+    """About the encoded size of a notification (never less)."""
+    return len(event.checkpoint_name.encode()) + sum(
+        len(section_id) + CHANGE_OVERHEAD for section_id, _ in event.changes
+    )
+
+
+def split_notification(event: Event, budget: int) -> list[Event]:
+    """A notification too large for one message as several, each within
+    ``budget`` bytes (one change per notification at least), in order; any
+    other event as it is."""
+    if not isinstance(event, Notification) or notification_bytes(event) <= budget:
+        return [event]
+    parts: list[Event] = []
+    base = len(event.checkpoint_name.encode())
+    changes: list[tuple[bytes, Change]] = []
+    size = base
+    for section_id, change in event.changes:
+        cost = len(section_id) + CHANGE_OVERHEAD
+        if changes and size + cost > budget:
+            parts.append(Notification(event.checkpoint_name, event.handle, changes))
+            changes, size = [], base
+        changes.append((section_id, change))
+        size += cost
+    parts.append(Notification(event.checkpoint_name, event.handle, changes))
+    return parts
 
 
 def _of_handle(event: Event, handle: int) -> bool:

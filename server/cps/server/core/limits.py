@@ -22,6 +22,10 @@ class Limits:
     max_iovector_elements: int = 10_000
     max_iterations_per_handle: int = 1_000
     max_callback_queue: int = 10_000
+    # Bytes of one CallbacksResponse: a notification listing more sections is
+    # split over several callbacks, waiting callbacks over several messages,
+    # so no message reaches a client's receive limit (4 MiB in gRPC).
+    max_callback_message_bytes: int = 1024**2
     # Bytes shipped to one peer and not acknowledged yet: past this the peer
     # is too far behind; it leaves the in-sync sets and is sent whole again.
     max_peer_queue_bytes: int = 256 * 1024**2

@@ -50,11 +50,13 @@ class VersionMismatch(CkptError):
 class Session:
     __slots__ = ("events", "handles", "idle_sweeps", "owner", "session_id", "touched")
 
-    def __init__(self, session_id: int, owner: str, max_queue: int) -> None:
+    def __init__(
+        self, session_id: int, owner: str, max_queue: int, max_message_bytes: int = 1024**2
+    ) -> None:
         self.session_id = session_id
         self.owner = owner
         self.handles: dict[int, Handle] = {}
-        self.events = SessionEvents(max_queue)
+        self.events = SessionEvents(max_queue, max_message_bytes)
         # Liveness: set by every call that names the session or one of its
         # handles; the idle sweep reads and clears it.
         self.touched = True
@@ -120,7 +122,12 @@ class Sessions:
             raise CkptError(
                 ErrorCode.NO_RESOURCE, f"the node has max_sessions={self.limits.max_sessions}"
             )
-        session = Session(new_id(self.sessions), owner, self.limits.max_callback_queue)
+        session = Session(
+            new_id(self.sessions),
+            owner,
+            self.limits.max_callback_queue,
+            self.limits.max_callback_message_bytes,
+        )
         self.sessions[session.session_id] = session
         return session
 
