@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -389,3 +390,22 @@ def test_error_info_reason_matches_status_table() -> None:
 
     assert set(STATUS_CODES) == set(ErrorCode)
     assert error_details_pb2.ErrorInfo.DESCRIPTOR.full_name == "google.rpc.ErrorInfo"
+
+
+def test_a_read_allocates_what_the_section_holds_not_what_was_asked(client: Client) -> None:
+    """A read of a 2 KiB section asking for 64 MiB (max_section_size) costs
+    the node about 2 KiB, not 64 MiB (the node runs in this process, so
+    tracemalloc sees its allocations)."""
+    size = 64 * 1024**2
+    handle = client.open(
+        "read-what-is-held", attributes(max_sections=2, max_section_size=size, checkpoint_size=size)
+    )
+    client.create_section(handle, b"small", bytes(2048))
+    tracemalloc.start()
+    try:
+        data = client.read(handle, b"small", 0, size)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert data == bytes(2048)
+    assert peak < 4 * 1024**2, f"peak {peak} bytes for a 2 KiB read"
