@@ -71,7 +71,23 @@ done
 echo "local-cluster: etcd $endpoints"
 echo "local-cluster: nodes 127.0.0.1:$CPS_BASE_PORT,127.0.0.1:$((CPS_BASE_PORT + 1)),127.0.0.1:$((CPS_BASE_PORT + 2))"
 echo "local-cluster: logs in $CLUSTER_DIR; Ctrl-C stops everything"
-# Until a process ends or we are told to stop.
-wait -n "${pids[@]}" || true
-echo "local-cluster: a process ended early; see its log in $CLUSTER_DIR" >&2
-exit 1
+# Until we are told to stop. A process that ends (a node killed to watch a
+# failover, say) is reported and the others go on.
+declare -A reported=()
+while true; do
+    alive=0
+    for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then
+            alive=$((alive + 1))
+        elif [[ -z ${reported[$pid]:-} ]]; then
+            reported[$pid]=1
+            echo "local-cluster: process $pid ended; the others go on (logs in $CLUSTER_DIR)" >&2
+        fi
+    done
+    if [ "$alive" -eq 0 ]; then
+        echo "local-cluster: every process ended" >&2
+        exit 1
+    fi
+    sleep 1 &
+    wait $! || true
+done

@@ -55,6 +55,16 @@ def test_the_local_cluster_script_starts_a_working_cluster_and_stops_it(tmp_path
             handle = writer.open("quickstart", flags=RW)
             writer.create_section(handle, b"s", b"hello")
         assert read_value(addresses[2], "quickstart", b"s") == b"hello"
+        # A node killed (to watch a failover) leaves the others running.
+        node = subprocess.run(
+            ["pgrep", "-P", str(script.pid), "-f", "--", f"--listen {addresses[0]} "],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        os.kill(int(node.stdout.split()[0]), signal.SIGKILL)
+        wait_for(lambda: read_value(addresses[1], "quickstart", b"s") == b"hello", 20, "failover")
+        assert script.poll() is None
     finally:
         script.send_signal(signal.SIGTERM)
         output, _ = script.communicate(timeout=30)

@@ -322,7 +322,7 @@ def _grpc_server(settings: Settings) -> grpc.aio.Server:
             ("grpc.http2.max_pings_without_data", 0),
             # One node per address: a second one on a busy port fails.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
 
 
