@@ -111,7 +111,7 @@ cluster: $(STAMP) toolchains
 	bash scripts/local-cluster.sh
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run --out bench/RESULTS.md
+	$(BIN)/python -m bench.run --repeat 3 --out bench/RESULTS.md
 
 # A short run (1 s per scenario, in-flight 1 and 16), printed only.
 bench-quick: $(STAMP)
