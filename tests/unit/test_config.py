@@ -351,12 +351,14 @@ def test_a_cert_needs_its_key(pem: Path, given: str, missing: str) -> None:
     assert f"{given} = {str(pem)!r} (from flag {flag}) needs {missing} too" in message
 
 
-def test_complete_tls_settings(pem: Path) -> None:
-    # auth_file is refused until authorization exists (its own test).
+def test_complete_tls_settings(pem: Path, tmp_path: Path) -> None:
+    # auth_file is a TOML table, not a PEM file (its own tests below).
     names = [o.name for o in config.OPTIONS if o.group == "tls" and o.name != "auth_file"]
     argv = [arg for name in names for arg in ("--" + name.replace("_", "-"), str(pem))]
-    settings = parse(argv, {})
+    table = write(tmp_path / "auth.toml", "")
+    settings = parse([*argv, "--auth-file", str(table)], {})
     assert all(getattr(settings, name) == pem for name in names)
+    assert settings.auth_file == table and settings.authorization is not None
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -437,7 +439,7 @@ def test_documented_example_names_every_setting(tmp_path: Path) -> None:
 def test_declaration_matches_settings() -> None:
     settings_fields = {field.name for field in dataclasses.fields(Settings)}
     declared = {option.name for option in config.OPTIONS}
-    assert settings_fields == declared | {"limits"}
+    assert settings_fields == declared | {"limits", "authorization"}
     limits = {option.name for option in config.LIMIT_OPTIONS}
     assert limits == {field.name for field in dataclasses.fields(Limits)}
     assert not limits & settings_fields
@@ -529,6 +531,116 @@ def test_mutual_tls_between_nodes_needs_the_peer_settings(tmp_path: Path) -> Non
     parse([*same, "--cluster-secret-file", secret], {})
 
 
-def test_authorization_file_is_refused_until_implemented(tmp_path: Path) -> None:
-    table = write(tmp_path / "auth.toml", "")
-    assert "not implemented yet" in problems(["--auth-file", str(table)])
+# --- the authorization table (docs/security.md) ------------------------------
+
+AUTH_TABLE = """
+[roles.orders]
+server = [{ prefix = "orders/", permission = "readwrite" }]
+library = [{ prefix = "orders/", permission = "read" }]
+
+[[roles.audit.server]]
+prefix = ""
+permission = "read"
+
+[identities]
+"CN=orders-1" = ["orders"]
+"CN=auditor,O=Acme" = ["audit", "orders"]
+"CN=nobody" = []
+"""
+
+
+def _client_tls(tmp_path: Path) -> list[str]:
+    pem = {name: str(write(tmp_path / f"{name}.pem", name)) for name in ("cert", "key", "ca")}
+    return ["--tls-cert", pem["cert"], "--tls-key", pem["key"], "--client-ca", pem["ca"]]
+
+
+def test_authorization_table_is_loaded_at_start(tmp_path: Path) -> None:
+    from cps.server.core.authorization import Access, Kind
+
+    table = write(tmp_path / "auth.toml", AUTH_TABLE)
+    settings = parse([*_client_tls(tmp_path)], {"CPS_AUTH_FILE": str(table)})
+    authorization = settings.authorization
+    assert authorization is not None
+    assert set(authorization.identities) == {"CN=orders-1", "CN=auditor,O=Acme", "CN=nobody"}
+    server, library = Kind.SERVER, Kind.LIBRARY
+    rw = Access.READ | Access.WRITE
+    assert authorization.allows("CN=orders-1", server, "orders/a", rw)
+    assert not authorization.allows("CN=orders-1", server, "order", Access.READ)
+    assert authorization.allows("CN=orders-1", library, "orders/a", Access.READ)
+    assert not authorization.allows("CN=orders-1", library, "orders/a", Access.WRITE)
+    # Grants of several roles add up; "" is every name.
+    assert authorization.allows("CN=auditor,O=Acme", server, "anything", Access.READ)
+    assert authorization.allows("CN=auditor,O=Acme", server, "orders/x", rw)
+    assert not authorization.allows("CN=auditor,O=Acme", server, "anything", Access.WRITE)
+    # Deny by default: no roles, or not in the table at all.
+    for who in ("CN=nobody", "CN=stranger", ""):
+        assert not authorization.allows(who, server, "orders/a", Access.READ)
+    # A file given in the config file is relative to it, like every path.
+    file = write(tmp_path / "cps.toml", '[tls]\nauth_file = "auth.toml"\n')
+    assert parse([*_client_tls(tmp_path), "--config", str(file)], {}).authorization is not None
+    assert parse([], {}).authorization is None
+
+
+def test_authorization_table_needs_client_certificates(tmp_path: Path) -> None:
+    table = write(tmp_path / "auth.toml", AUTH_TABLE)
+    message = problems(["--auth-file", str(table)])
+    assert f"auth_file = {str(table)!r} (from flag --auth-file) needs client_ca too" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[roles.a]\nserver = [{ prefix = 'x', permission = 'rw' }]\n",
+            "roles.a.server[0].permission = 'rw': expected read, write or readwrite",
+        ),
+        ("[roles.a]\nserver = [{ permission = 'read' }]\n", "roles.a.server[0] needs a prefix"),
+        ("[roles.a]\nserver = [{ prefix = 'x' }]\n", "roles.a.server[0] needs a permission"),
+        (
+            "[roles.a]\nserver = [{ prefix = 'x', permission = 'read', prefx = 'y' }]\n",
+            "unknown key 'prefx' in roles.a.server[0]",
+        ),
+        (
+            "[roles.a]\nservers = []\n",
+            "unknown key 'roles.a.servers' (expected server and library)",
+        ),
+        (
+            "[roles.a]\nserver = { prefix = 'x', permission = 'read' }\n",
+            "roles.a.server must be a list",
+        ),
+        (
+            "[roles.a]\nserver = [{ prefix = 3, permission = 'read' }]\n",
+            "roles.a.server[0].prefix = 3: expected a string",
+        ),
+        (
+            "[identities]\n'CN=a' = ['writer']\n",
+            "identities.\"CN=a\": unknown role 'writer' (roles: none)",
+        ),
+        ("[identities]\n'CN=a' = 'writer'\n", 'identities."CN=a" must be a list of role names'),
+        ("[identites]\n", "unknown key 'identites' (expected roles and identities)"),
+        ("roles = 3\n", "roles must be a table"),
+        ("[roles\n", "not valid TOML"),
+    ],
+)
+def test_bad_authorization_table_names_the_problem(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    table = write(tmp_path / "auth.toml", text)
+    message = problems([*_client_tls(tmp_path), "--auth-file", str(table)])
+    assert f"auth_file = {str(table)!r} (from flag --auth-file): {expected}" in message
+
+
+def test_bad_authorization_table_exits_2(tmp_path: Path) -> None:
+    table = write(
+        tmp_path / "auth.toml", "[roles.a]\nserver = [{ prefix = '', permission = 'all' }]\n"
+    )
+    done = subprocess.run(
+        [SERVER, *_client_tls(tmp_path), "--auth-file", str(table)],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "roles.a.server[0].permission = 'all'" in done.stderr

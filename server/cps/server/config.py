@@ -23,6 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+from .core.authorization import Authorization, TableError, parse_table
 from .core.limits import Limits
 
 MiB = 1024 * 1024
@@ -64,6 +65,8 @@ class Settings:
     etcd_ca: Path | None
     cluster_secret_file: Path | None
     auth_file: Path | None
+    # The table of auth_file, read and checked once at start (None: no file).
+    authorization: Authorization | None = None
 
 
 class ConfigError(ValueError):
@@ -467,7 +470,11 @@ OPTIONS: tuple[Option, ...] = (
     _path("etcd_key", "PEM private key of etcd_cert"),
     _path("etcd_ca", "PEM CA bundle etcd's certificate must chain to"),
     _path("cluster_secret_file", "file holding the secret the nodes of the cluster share"),
-    _path("auth_file", "file of the credentials clients authenticate with"),
+    _path(
+        "auth_file",
+        "TOML authorization table: which client identity may read or write which "
+        "checkpoint names (needs client_ca; docs/security.md)",
+    ),
 )
 
 # Help of the current limits; a new field of Limits gets a generic one
@@ -754,11 +761,38 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         values[option.name] = value
         sources[option.name] = source
     problems += _cross_checks(values, sources)
+    authorization = None
+    if values.get("auth_file") is not None:
+        authorization = _authorization(values["auth_file"], sources["auth_file"], problems)
     if problems:
         raise ConfigError(problems)
     limits = Limits(**{option.name: values.pop(option.name) for option in LIMIT_OPTIONS})
     values["sync"] = values["sync"].upper()
-    return Settings(**values, limits=limits)
+    return Settings(**values, limits=limits, authorization=authorization)
+
+
+def load_authorization(path: Path) -> Authorization:
+    """The authorization table of the TOML file ``path``; ValueError (a
+    TableError when the file is TOML) says what is wrong."""
+    try:
+        with path.open("rb") as stream:
+            data = tomllib.load(stream)
+    except OSError as error:
+        raise ValueError(f"cannot read: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"not valid TOML: {error}") from None
+    return parse_table(data)
+
+
+def _authorization(path: Path, source: str, problems: list[str]) -> Authorization | None:
+    where = f"auth_file = {str(path)!r} (from {source})"
+    try:
+        return load_authorization(path)
+    except TableError as error:
+        problems.extend(f"{where}: {problem}" for problem in error.problems)
+    except ValueError as error:
+        problems.append(f"{where}: {error}")
+    return None
 
 
 def _cross_checks(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
@@ -777,11 +811,9 @@ def _cross_checks(values: Mapping[str, Any], sources: Mapping[str, str]) -> list
         needs(cert, key)
         needs(key, cert)
     needs("client_ca", "tls_cert")
-    if values.get("auth_file") is not None:
-        problems.append(
-            f"auth_file (from {sources['auth_file']}): per-identity authorization is not "
-            "implemented yet; refusing to start rather than run without it (docs/security.md)"
-        )
+    # Identities are client certificate subjects: without client
+    # certificates every caller would be the same anonymous identity.
+    needs("auth_file", "client_ca")
     if values.get("etcd_endpoints"):
         problems += _peer_checks(values)
     return problems

@@ -135,11 +135,13 @@ class Node:
             restore_library(self.journal.store, self.library)
             self.cluster.wire(self)
         self.health = health.aio.HealthServicer()
+        # --auth-file, read and checked at start (config.parse).
+        authorization = settings.authorization
         checkpoint_service_pb2_grpc.add_CheckpointServiceServicer_to_server(
-            CheckpointService(self.checkpoints), self.server
+            CheckpointService(self.checkpoints, authorization), self.server
         )
         library_service_pb2_grpc.add_LibraryCheckpointServiceServicer_to_server(
-            LibraryCheckpointService(self.library, self.journal), self.server
+            LibraryCheckpointService(self.library, self.journal, authorization), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = [CHECKPOINT_SERVICE, LIBRARY_SERVICE, health.SERVICE_NAME]

@@ -8,8 +8,10 @@ from typing import Any
 
 import grpc
 
+from cps.server.core.authorization import Access, Authorization, Kind
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.events import Event
+from cps.server.core.types import OpenFlag
 from cps.server.service.checkpoints import Checkpoints
 from cps.server.status import to_status
 from cps.v1 import checkpoint_service_pb2 as pb
@@ -52,8 +54,25 @@ _EMPTY_OVERWRITE = pb.SectionOverwriteResponse()
 
 
 class CheckpointService(pb_grpc.CheckpointServiceServicer):
-    def __init__(self, checkpoints: Checkpoints) -> None:
+    def __init__(
+        self, checkpoints: Checkpoints, authorization: Authorization | None = None
+    ) -> None:
         self.checkpoints = checkpoints
+        # --auth-file: who may open and delete which names (None: anyone).
+        self.authorization = authorization
+
+    def _authorize(self, who: str, name: str, access: Access) -> None:
+        if self.authorization is not None:
+            self.authorization.check(who, Kind.SERVER, name, access)
+
+    def _authorize_open(self, who: str, name: str, flags: OpenFlag) -> None:
+        """READ needs read; WRITE or CREATE needs write."""
+        access = Access(0)
+        if flags & OpenFlag.READ:
+            access |= Access.READ
+        if flags & (OpenFlag.WRITE | OpenFlag.CREATE):
+            access |= Access.WRITE
+        self._authorize(who, name, access)
 
     # -- sessions ----------------------------------------------------------
 
@@ -120,11 +139,13 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
     async def CheckpointOpen(
         self, request: pb.CheckpointOpenRequest, who: str
     ) -> pb.CheckpointOpenResponse:
+        flags = convert.open_flags(request.checkpoint_open_flags)
+        self._authorize_open(who, request.checkpoint_name, flags)
         handle = await self.checkpoints.open(
             request.service_handle,
             request.checkpoint_name,
             convert.creation_attributes(request),
-            convert.open_flags(request.checkpoint_open_flags),
+            flags,
             who,
         )
         return pb.CheckpointOpenResponse(checkpoint_handle=handle)
@@ -133,12 +154,14 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
     async def CheckpointOpenAsync(
         self, request: pb.CheckpointOpenAsyncRequest, who: str
     ) -> pb.CheckpointOpenAsyncResponse:
+        flags = convert.open_flags(request.checkpoint_open_flags)
+        self._authorize_open(who, request.checkpoint_name, flags)
         await self.checkpoints.open_async(
             request.service_handle,
             request.invocation,
             request.checkpoint_name,
             convert.creation_attributes(request),
-            convert.open_flags(request.checkpoint_open_flags),
+            flags,
             who,
         )
         return _EMPTY_OPEN_ASYNC
@@ -154,6 +177,7 @@ class CheckpointService(pb_grpc.CheckpointServiceServicer):
     async def CheckpointDelete(
         self, request: pb.CheckpointDeleteRequest, who: str
     ) -> pb.CheckpointDeleteResponse:
+        self._authorize(who, request.checkpoint_name, Access.WRITE)
         await self.checkpoints.delete(request.service_handle, request.checkpoint_name, who)
         return pb.CheckpointDeleteResponse()
 

@@ -7,23 +7,52 @@ from __future__ import annotations
 
 from typing import Any
 
+from cps.server.core.authorization import Access, Authorization, Kind
 from cps.server.core.library import LibraryManager
 from cps.v1 import library_service_pb2 as pb
 from cps.v1 import library_service_pb2_grpc as pb_grpc
 
 from .calls import Durability, seed_call, seed_mutation
 
+# What each call naming a library checkpoint needs of the authorization table.
+_ACCESS: dict[type, Access] = {
+    pb.LibraryCkptCreateRequest: Access.WRITE,
+    pb.LibraryCkptDeleteRequest: Access.WRITE,
+    pb.LibraryDoesCkptExistRequest: Access.READ,
+    pb.LibraryCkptDataSetCreateRequest: Access.WRITE,
+    pb.LibraryCkptDataSetDeleteRequest: Access.WRITE,
+    pb.LibraryCkptDataSetWriteRequest: Access.WRITE,
+    pb.LibraryCkptDataSetReadRequest: Access.READ,
+    pb.LibraryDoesDatasetExistRequest: Access.READ,
+    pb.LibraryCkptElementCreateRequest: Access.WRITE,
+    pb.LibraryCkptElementWriteRequest: Access.WRITE,
+}
+
 
 class LibraryCheckpointService(pb_grpc.LibraryCheckpointServiceServicer):
-    def __init__(self, library: LibraryManager, durability: Durability) -> None:
+    def __init__(
+        self,
+        library: LibraryManager,
+        durability: Durability,
+        authorization: Authorization | None = None,
+    ) -> None:
         self.library = library
         self.durability = durability
+        # --auth-file: who may read and write which names (None: anyone).
+        self.authorization = authorization
 
     def authorize(self, request: Any, who: str) -> None:
-        """A library handle answers only to the identity that initialized it."""
+        """A library handle answers only to the identity that initialized it;
+        with an authorization table, the checkpoint name must be granted to
+        the caller for what the call does."""
         handle = getattr(request, "library_handle", None)
         if handle is not None:
             self.library.check_owner(handle, who)
+        name = getattr(request, "checkpoint_name", None)
+        if self.authorization is not None and name is not None:
+            # A call missing from _ACCESS needs both, rather than nothing.
+            access = _ACCESS.get(type(request), Access.READ | Access.WRITE)
+            self.authorization.check(who, Kind.LIBRARY, name, access)
 
     @seed_call
     def LibraryInitialize(
