@@ -482,14 +482,18 @@ OPTIONS: tuple[Option, ...] = (
 _LIMIT_HELP = {
     "max_sessions": "sessions open at once",
     "max_handles_per_session": "checkpoint handles open in one session",
-    "max_checkpoints": "live checkpoints",
-    "max_reserved_bytes": "sum of checkpoint_size over live checkpoints: the memory "
-    "the node promises to hold",
+    "max_checkpoints": "live checkpoints, server (replicas held) and library",
+    "max_reserved_bytes": "sum of checkpoint_size over live server checkpoints plus the "
+    "bytes library checkpoints hold: the memory the node promises to hold",
     "max_sections_per_checkpoint": "largest max_sections a checkpoint may be created with",
     "max_section_size": "largest max_section_size a checkpoint may be created with",
     "max_section_id_size": "largest max_section_id_size a checkpoint may be created with",
     "max_iovector_elements": "elements of one read or write call",
     "max_iterations_per_handle": "section iterations open on one handle",
+    "max_library_handles": "library handles open at once (LibraryInitialize beyond it: "
+    "CL_ERR_NO_MEMORY)",
+    "library_handle_timeout_seconds": "a library handle no call names for this long is "
+    "finalized (its client vanished); checked every session_timeout_seconds/2",
     "max_peer_queue_bytes": "bytes shipped to one peer and not acknowledged yet; beyond "
     "it the peer leaves the in-sync sets and is sent whole again",
     "max_callback_queue": "callbacks waiting for one session's stream; beyond it "
@@ -504,9 +508,17 @@ _KINDS: dict[str, Kind] = {"int": "int", "float": "float", "bool": "bool", "str"
 
 
 def _limit_metavar(name: str, kind: Kind) -> str:
+    if kind == "float":
+        return "SECONDS" if name.endswith("_seconds") else "NUMBER"
     if kind != "int":
         return ""
     return "BYTES" if name.endswith(("_bytes", "_size")) else "N"
+
+
+def _limit_check(name: str, kind: Kind) -> Check | None:
+    if kind == "int":
+        return _at_least(_LIMIT_MINIMUM.get(name, 1))
+    return _positive if kind == "float" else None
 
 
 def _limit_options() -> tuple[Option, ...]:
@@ -526,7 +538,7 @@ def _limit_options() -> tuple[Option, ...]:
                 "limit: " + (helps or field.name.replace("_", " ")),
                 "limits",
                 metavar=_limit_metavar(field.name, kind),
-                check=_at_least(_LIMIT_MINIMUM.get(field.name, 1)) if kind == "int" else None,
+                check=_limit_check(field.name, kind),
             )
         )
     return tuple(options)

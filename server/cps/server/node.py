@@ -9,6 +9,7 @@ import logging
 import secrets
 import signal
 import socket
+import time
 from typing import TYPE_CHECKING
 
 import grpc
@@ -86,11 +87,13 @@ class Node:
         self.advertise = settings.advertise or _advertise(settings.listen, self.port)
         self.me = Member(settings.node_name or self.advertise, secrets.randbits(63))
         store = SqliteStore.open(settings.data_dir, settings.sync)
-        self.library = LibraryManager(None, limits.max_section_size)
+        # Library and server checkpoints share max_checkpoints and
+        # max_reserved_bytes: each sees what the other holds.
+        self.replicas = Replicas(limits, lambda: self.library.usage())
+        self.library = LibraryManager(None, limits, self.replicas.usage, time.monotonic_ns)
         self.journal = Journal(store, self.library)
         self.library.changelog = self.journal
         self.journal.on_rollback = self._reload
-        self.replicas = Replicas(limits)
         self.sessions = Sessions(limits)
         self.cluster: ClusterParts | None = None
         if settings.etcd_endpoints:
@@ -133,6 +136,7 @@ class Node:
             self._load_store()
         else:
             restore_library(self.journal.store, self.library)
+            self.library.recount()
             self.cluster.wire(self)
         self.health = health.aio.HealthServicer()
         # --auth-file, read and checked at start (config.parse).
@@ -189,6 +193,7 @@ class Node:
 
     def _load_store(self) -> None:
         restore_library(self.journal.store, self.library)
+        self.library.recount()
         if not self.settings.persist_server_checkpoints:
             return
         loaded = load_replicas(self.journal.store, self.me.name, self.clock.now())
@@ -212,6 +217,7 @@ class Node:
         store = self.journal.store
         if library:
             restore_library(store, self.library, library)
+            self.library.recount()
         fresh = {
             replica.ref.name: replica
             for replica in load_replicas(store, self.me.name, self.clock.now(), server)
@@ -263,6 +269,8 @@ class Node:
             await asyncio.sleep(interval)
             for session_id in await self.checkpoints.reap_idle_sessions():
                 log.info("session reaped", extra={"session": session_id})
+            for handle in self.library.reap_idle(time.monotonic_ns()):
+                log.info("library handle reaped", extra={"library_handle": handle})
 
 
 def _register_gauges(metrics: Metrics, node: Node) -> None:
@@ -278,8 +286,9 @@ def _register_gauges(metrics: Metrics, node: Node) -> None:
     )
     metrics.gauge(
         "cps_reserved_bytes",
-        "Sum of checkpoint_size of the replicas held (limit: --max-reserved-bytes).",
-        lambda: replicas.reserved_bytes,
+        "Sum of checkpoint_size of the replicas held and bytes the library checkpoints "
+        "hold (limit: --max-reserved-bytes).",
+        lambda: replicas.reserved_bytes + node.library.bytes,
     )
     metrics.gauge(
         "cps_section_bytes", "Bytes of section data in the replicas held.", replicas.section_bytes
@@ -291,6 +300,16 @@ def _register_gauges(metrics: Metrics, node: Node) -> None:
     )
     metrics.gauge(
         "cps_library_checkpoints", "Library checkpoints.", lambda: len(node.library.checkpoints)
+    )
+    metrics.gauge(
+        "cps_library_bytes",
+        "Bytes of dataset and element data (and element ids) in the library checkpoints.",
+        lambda: node.library.bytes,
+    )
+    metrics.gauge(
+        "cps_library_handles",
+        "Open library handles (limit: --max-library-handles).",
+        lambda: len(node.library.handles),
     )
     metrics.gauge(
         "cps_storage_commits", "Transactions committed to the store.", lambda: node.journal.batches

@@ -12,15 +12,21 @@ MAX_NAME_LENGTH = 255
 class Limits:
     max_sessions: int = 10_000
     max_handles_per_session: int = 10_000
+    # Server checkpoints this node holds a replica of, and library checkpoints.
     max_checkpoints: int = 100_000
-    # Sum of checkpoint_size over the checkpoints this node holds a replica
-    # of, server and library: the memory the node promises to hold.
+    # Sum of checkpoint_size over the server checkpoints this node holds a
+    # replica of, plus the bytes library checkpoints hold (dataset data,
+    # element ids and element data): the memory the node promises to hold.
     max_reserved_bytes: int = 2 * 1024**3
     max_sections_per_checkpoint: int = 1_000_000
     max_section_size: int = 64 * 1024**2
     max_section_id_size: int = 1024
     max_iovector_elements: int = 10_000
     max_iterations_per_handle: int = 1_000
+    # Library handles open at once, and how long one may go unused before
+    # the node finalizes it (a client that vanished without finalizing).
+    max_library_handles: int = 10_000
+    library_handle_timeout_seconds: float = 3600.0
     max_callback_queue: int = 10_000
     # Bytes of one CallbacksResponse: a notification listing more sections is
     # split over several callbacks, waiting callbacks over several messages,
@@ -29,3 +35,11 @@ class Limits:
     # Bytes shipped to one peer and not acknowledged yet: past this the peer
     # is too far behind; it leaves the in-sync sets and is sent whole again.
     max_peer_queue_bytes: int = 256 * 1024**2
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one kind of checkpoint holds against the shared limits."""
+
+    checkpoints: int
+    bytes: int

@@ -3,19 +3,28 @@ reserve against the node's limits."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .errors import CkptError, ErrorCode
-from .limits import Limits
+from .limits import Limits, Usage
 from .replica import Ref, Replica
 from .types import CreationAttributes
 
 
+def _no_usage() -> Usage:
+    return Usage(0, 0)
+
+
 class Replicas:
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, library_usage: Callable[[], Usage] = _no_usage) -> None:
         self.limits = limits
         self.by_ref: dict[Ref, Replica] = {}
         self.reserved_bytes = 0
-        # Bytes library checkpoints hold: they count against the same limit.
-        self.library_bytes = 0
+        # What library checkpoints hold: they count against the same limits.
+        self.library_usage = library_usage
+
+    def usage(self) -> Usage:
+        return Usage(len(self.by_ref), self.reserved_bytes)
 
     def get(self, ref: Ref) -> Replica:
         replica = self.by_ref.get(ref)
@@ -31,16 +40,20 @@ class Replicas:
     def admit(self, attributes: CreationAttributes) -> None:
         """Room for one more checkpoint of these attributes, or NO_MEMORY."""
         limits = self.limits
-        if len(self.by_ref) >= limits.max_checkpoints:
+        library = self.library_usage()
+        if len(self.by_ref) + library.checkpoints >= limits.max_checkpoints:
             raise CkptError(
-                ErrorCode.NO_MEMORY, f"the node has max_checkpoints={limits.max_checkpoints}"
+                ErrorCode.NO_MEMORY,
+                f"the node has max_checkpoints={limits.max_checkpoints} "
+                f"({library.checkpoints} of them library checkpoints)",
             )
-        held = self.reserved_bytes + self.library_bytes
+        held = self.reserved_bytes + library.bytes
         if held + attributes.checkpoint_size > limits.max_reserved_bytes:
             raise CkptError(
                 ErrorCode.NO_MEMORY,
                 f"the node cannot reserve {attributes.checkpoint_size} more bytes "
-                f"({held} of {limits.max_reserved_bytes} reserved)",
+                f"({self.reserved_bytes} reserved by server checkpoints and {library.bytes} "
+                f"held by library checkpoints, of {limits.max_reserved_bytes})",
             )
 
     def add(self, replica: Replica) -> None:
