@@ -123,3 +123,21 @@ def test_sigterm_stops_gracefully() -> None:
         process.popen.send_signal(signal.SIGTERM)
         assert process.popen.wait(timeout=15) == 0
         assert '"msg": "stopped"' in process.log_text()
+
+
+def test_the_admin_service_by_reflection(server: ServerProcess) -> None:
+    admin = "cps.v1.AdminService"
+    assert admin in grpcurl(server, "list").split()
+    described = grpcurl(server, "describe", admin)
+    for method in ("ListNodes", "ListCheckpoints", "GetCheckpoint", "ListSections", "ListSessions"):
+        assert f"rpc {method} (" in described, method
+    (node,) = json.loads(grpcurl(server, f"{admin}/ListNodes"))["nodes"]
+    assert node["state"] == "NODE_STATE_SERVING" and node["role"] == "NODE_ROLE_SINGLE"
+    asked = ["-d", '{"checkpoint_name": "absent"}', server.address, f"{admin}/GetCheckpoint"]
+    missing = subprocess.run(
+        [GRPCURL, "-plaintext", *asked],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert missing.returncode != 0 and "CL_CKPT_ERR_NOT_EXIST" in missing.stderr

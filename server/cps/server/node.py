@@ -17,12 +17,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cps.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
     checkpoint_service_pb2,
     checkpoint_service_pb2_grpc,
     library_service_pb2,
     library_service_pb2_grpc,
 )
 
+from .api.admin_service import AdminService
 from .api.checkpoint_service import CheckpointService
 from .api.gate import RequestGate
 from .api.library_service import LibraryCheckpointService
@@ -36,6 +39,7 @@ from .core.sessions import Sessions
 from .metrics import METRICS, Metrics, serve_metrics
 from .security import server_credentials
 from .service.active import ActiveReplicas
+from .service.admin import Admin
 from .service.checkpoints import Checkpoints
 from .service.clock import LoopClock
 from .service.ports import (
@@ -62,6 +66,7 @@ CHECKPOINT_SERVICE = checkpoint_service_pb2.DESCRIPTOR.services_by_name[
 LIBRARY_SERVICE = library_service_pb2.DESCRIPTOR.services_by_name[
     "LibraryCheckpointService"
 ].full_name
+ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 CLIENT_SERVICES = ("", CHECKPOINT_SERVICE, LIBRARY_SERVICE)
 
 
@@ -148,7 +153,16 @@ class Node:
             LibraryCheckpointService(self.library, self.journal, authorization), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        services = [CHECKPOINT_SERVICE, LIBRARY_SERVICE, health.SERVICE_NAME]
+        admin = Admin(
+            self.checkpoints,
+            address=self.advertise,
+            clustered=self.cluster is not None,
+            serving=lambda: self.cluster is None or self.cluster.ready,
+        )
+        admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminService(admin, authorization), self.server
+        )
+        services = [CHECKPOINT_SERVICE, LIBRARY_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME]
         if self.cluster is not None:
             from .cluster_parts import PEER_SERVICE
 

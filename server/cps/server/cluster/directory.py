@@ -10,11 +10,12 @@ ckpt/ to unlinked/) are seen as one change of one instance.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
-from cps.server.core.directory import Member, NameTaken, Record, rendezvous
+from cps.server.core.directory import Member, MemberStatus, NameTaken, Record, rendezvous
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.types import CreationAttributes
 
@@ -73,6 +74,10 @@ class EtcdDirectory:
         self.on_members: list[MembersChanged] = []
         self.on_director: list[DirectorChanged] = []
         self.revision = 0
+        # For the admin service: the lease of each member's key, and the
+        # director as its key says (the Director acts on its own copy).
+        self.member_leases: dict[str, int] = {}
+        self.director: Member | None = None
         self.loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -97,11 +102,13 @@ class EtcdDirectory:
         """List everything; hand over what differs from the copy."""
         kvs, revision = await self.etcd.get_prefix(self.keys.root)
         members: dict[str, bytes] = {}
+        leases: dict[str, int] = {}
         records: dict[int, Record] = {}
         director: KeyValue | None = None
         for kv in kvs:
             if kv.key.startswith(self.keys.members):
                 members[kv.key[len(self.keys.members) :].decode()] = kv.value
+                leases[kv.key[len(self.keys.members) :].decode()] = kv.lease
             elif kv.key == self.keys.director:
                 director = kv
             else:
@@ -109,7 +116,9 @@ class EtcdDirectory:
                 if record is not None:
                     records[record.incarnation] = record
         self.membership.infos = {name: member_of(value) for name, value in members.items()}
+        self.member_leases = leases
         self._members_changed()
+        self._director_seen(None if director is None else director.value)
         for handler in self.on_director:
             handler(
                 None if director is None else director.value,
@@ -159,10 +168,13 @@ class EtcdDirectory:
                 name = kv.key[len(self.keys.members) :].decode()
                 if event.type is EventType.DELETE:
                     self.membership.infos.pop(name, None)
+                    self.member_leases.pop(name, None)
                 else:
                     self.membership.infos[name] = member_of(kv.value)
+                    self.member_leases[name] = kv.lease
                 members_touched = True
             elif kv.key == self.keys.director:
+                self._director_seen(None if event.type is EventType.DELETE else kv.value)
                 for handler in self.on_director:
                     handler(
                         None if event.type is EventType.DELETE else kv.value, kv.create_revision
@@ -223,6 +235,13 @@ class EtcdDirectory:
             except Exception:
                 log.exception("record change handler failed")
 
+    def _director_seen(self, value: bytes | None) -> None:
+        try:
+            data = None if value is None else json.loads(value)
+            self.director = None if data is None else Member(data["node"], int(data["incarnation"]))
+        except (ValueError, KeyError, TypeError):
+            self.director = None
+
     def _members_changed(self) -> None:
         live = self.membership.live
         for handler in self.on_members:
@@ -232,6 +251,20 @@ class EtcdDirectory:
                 log.exception("members change handler failed")
 
     # -- service.ports.Directory ------------------------------------------------------
+
+    def members(self) -> list[MemberStatus]:
+        me = self.me
+        return [
+            MemberStatus(
+                info.member,
+                info.address,
+                info.version,
+                director=info.member == self.director,
+                lease_id=self.member_leases.get(name, 0),
+                lease_remaining=self.membership.remaining() if info.member == me else None,
+            )
+            for name, info in sorted(self.membership.infos.items())
+        ]
 
     def lookup(self, name: str) -> Record | None:
         return self.by_name.get(name)

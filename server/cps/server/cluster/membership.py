@@ -70,6 +70,16 @@ class Membership:
             and time.monotonic() < keepalive.deadline - self.margin
         )
 
+    def remaining(self) -> float | None:
+        """Seconds this node may still act as an active replica (0 past its
+        deadline; None before it first joined)."""
+        keepalive = self._keepalive
+        if keepalive is None:
+            return None
+        if keepalive.expired.is_set():
+            return 0.0
+        return max(0.0, keepalive.deadline - self.margin - time.monotonic())
+
     # -- the member key --------------------------------------------------------------
 
     async def join(self) -> None:

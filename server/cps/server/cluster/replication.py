@@ -111,6 +111,13 @@ class Replication:
 
     # -- service.ports.Replication -------------------------------------------
 
+    def acknowledged(self, ref: Ref) -> Mapping[Member, int]:
+        return {
+            member: link.acked_seq[ref]
+            for member, link in self.links.items()
+            if ref in link.acked_seq
+        }
+
     def ship(self, record: Record, replica: Replica, operation: op.Operation) -> None:
         targets = [m for m in record.replicas if m != self.me]
         if not targets:

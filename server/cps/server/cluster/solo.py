@@ -8,13 +8,14 @@ start); every checkpoint is active here, or has no active replica yet
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import replace
 
 from cps.server.core.calls import Call
-from cps.server.core.directory import Member, Record
+from cps.server.core.directory import Member, MemberStatus, Record
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.operations import Operation
-from cps.server.core.replica import Changes, Replica
+from cps.server.core.replica import Changes, Ref, Replica
 from cps.server.core.rules import Answer
 from cps.server.core.types import CreationAttributes
 
@@ -81,6 +82,19 @@ class SoloDirectory:
         self._put(updated)
         return updated
 
+    # -- reads for the admin service --------------------------------------------
+
+    def records(self) -> list[Record]:
+        return list(self.by_incarnation.values())
+
+    def members(self) -> list[MemberStatus]:
+        """Itself alone (its address is the node's to tell)."""
+        return [MemberStatus(self._me, "", "", director=True, lease_id=0)]
+
+    @property
+    def revision(self) -> int:
+        return 0
+
     def _put(self, record: Record) -> None:
         self.by_incarnation[record.incarnation] = record
         if not record.unlinked:
@@ -98,6 +112,9 @@ class NoReplication:
 
     def notify(self, record: Record, nodes: list[str], changes: Changes) -> None:
         return None
+
+    def acknowledged(self, ref: Ref) -> Mapping[Member, int]:
+        return {}
 
     async def seal(self, record: Record) -> tuple[bytes, ...]:
         return ()

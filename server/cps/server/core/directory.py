@@ -50,6 +50,20 @@ class Record:
         return member in self.replicas
 
 
+@dataclass(frozen=True, slots=True)
+class MemberStatus:
+    """A member of the cluster as this node sees it (for the admin service)."""
+
+    member: Member
+    address: str  # "" when the node does not know it (a single node's own)
+    version: str
+    director: bool  # makes the placement and failover decisions
+    lease_id: int  # the etcd lease of its member key; 0 for a single node
+    # This node only: seconds it may still act as an active replica without
+    # renewing its lease (None: no lease to lose, or another member).
+    lease_remaining: float | None = None
+
+
 class NameTaken(Exception):
     """Directory.create lost the race: the name exists (``record``)."""
 

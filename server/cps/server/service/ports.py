@@ -6,11 +6,11 @@ etcd or SQLite."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from cps.server.core.calls import Call
-from cps.server.core.directory import Member, Record
+from cps.server.core.directory import Member, MemberStatus, Record
 from cps.server.core.operations import Operation
 from cps.server.core.replica import Changes, Ref, Replica
 from cps.server.core.rules import Answer
@@ -48,6 +48,22 @@ class Directory(Protocol):
 
     async def set_active(self, record: Record, member: Member) -> Record:
         """``member`` becomes active at epoch + 1 (ActiveReplicaSet)."""
+        ...
+
+    # -- reads for the admin service (change nothing) ------------------------------
+
+    def records(self) -> list[Record]:
+        """Every instance known here, live and unlinked."""
+        ...
+
+    def members(self) -> list[MemberStatus]:
+        """The live members, this node included."""
+        ...
+
+    @property
+    def revision(self) -> int:
+        """The position of the source of truth this copy has applied (an etcd
+        revision; 0 on a single node)."""
         ...
 
 
@@ -96,6 +112,11 @@ class Replication(Protocol):
 
     def notify(self, record: Record, nodes: list[str], changes: Changes) -> None:
         """Immediate-consumption notifications for sessions on other nodes."""
+        ...
+
+    def acknowledged(self, ref: Ref) -> Mapping[Member, int]:
+        """For a checkpoint active here: the operations (seq) each backup
+        has acknowledged, where known (a read for the admin service)."""
         ...
 
     async def seal(self, record: Record) -> tuple[bytes, ...]:
