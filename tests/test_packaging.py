@@ -49,3 +49,4 @@ def test_wheel_ships_every_module(tmp_path: Path) -> None:
     missing = source_files() - shipped
     assert not missing, f"not in the wheel: {sorted(missing)}"
     assert "cps-server = cps.server.main:main" in entry_points
+    assert "cpsctl = cps.cli.main:main" in entry_points
