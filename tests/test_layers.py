@@ -25,6 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "api": {"core", "service", "status", "metrics"},
     "status": {"core"},
     "metrics": set(),
+    "node_metrics": {"*"},
     "failpoints": set(),
     "logs": set(),
     "config": {"core"},

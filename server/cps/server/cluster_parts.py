@@ -24,6 +24,7 @@ from .cluster.peer_server import SECRET_HEADER, PeerGate, PeerService
 from .cluster.records import Keys
 from .cluster.replication import Replication
 from .config import Settings
+from .core.directory import Record
 from .core.errors import CkptError, ErrorCode
 from .security import etcd_credentials, peer_credentials
 from .service.coordinator import Coordinator
@@ -74,6 +75,12 @@ class ClusterParts:
         )
         self._health: asyncio.Task[None] | None = None
         self._joining: asyncio.Task[None] | None = None
+        # For the metrics: epoch changes of the checkpoints' records this node
+        # saw (every node follows every record), and those where this node
+        # became the active after another node.
+        self.epoch_changes = 0
+        self.takeovers = 0
+        self.directory.on_record.append(self._count_change)
 
     def wire(self, node: Node) -> None:
         """Once the node's use cases exist."""
@@ -99,6 +106,15 @@ class ClusterParts:
             node.server,
         )
         node.checkpoints.ready_check = self.check_ready
+
+    def _count_change(self, old: Record | None, new: Record | None) -> None:
+        if old is None or new is None:
+            return  # created, deleted, or first seen (joining)
+        if new.epoch != old.epoch:
+            self.epoch_changes += 1
+        me = self.membership.me
+        if new.active == me and old.active is not None and old.active != me:
+            self.takeovers += 1
 
     def check_ready(self) -> None:
         if not self.directory.loaded.is_set():

@@ -1,102 +1,169 @@
-"""Prometheus metrics: counters kept by the call path, gauges read from the
-node's state when scraped, served as text on a small HTTP endpoint.
+"""A node's Prometheus metrics (prometheus-client) and its small HTTP
+endpoint: ``/metrics``, ``/healthz`` and ``/readyz``, nothing else.
 
-No dependency: the text exposition format is a few lines of code, and a
-counter increment on the hot path is one dict operation.
+Each node has a registry of its own (tests run several nodes in one
+process): the gRPC server metrics, kept by the call interceptor
+(api/call_metrics.py), the process and Python collectors, build info, and
+the node's state, read when scraped (node_metrics.py).
+
+The endpoint runs on the node's asyncio loop, not in prometheus-client's
+thread server (``start_http_server``): that one answers every path with the
+metrics, an answer from the loop is what proves the node alive
+(``/healthz``), readiness is read from the loop's grpc.health.v1 servicer,
+and the state the collectors read is only ever touched from the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
 
 log = logging.getLogger("cps.metrics")
 
-# Latency buckets in seconds (upper bounds), for cps_rpc_duration_seconds.
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
-
-Gauge = tuple[str, str, Callable[[], float]]  # name, help, read
-
-
-class Metrics:
-    def __init__(self) -> None:
-        # (method, seed error name or "OK") -> calls
-        self.calls: defaultdict[tuple[str, str], int] = defaultdict(int)
-        # method -> [count per bucket..., count above the last], sum of seconds
-        self.latency: dict[str, list[int]] = {}
-        self.latency_sum: defaultdict[str, float] = defaultdict(float)
-        self.gauges: list[Gauge] = []
-
-    def observe(self, method: str, outcome: str, seconds: float) -> None:
-        self.calls[(method, outcome)] += 1
-        counts = self.latency.get(method)
-        if counts is None:
-            counts = self.latency[method] = [0] * (len(BUCKETS) + 1)
-        for index, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                counts[index] += 1
-                break
-        else:
-            counts[-1] += 1
-        self.latency_sum[method] += seconds
-
-    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.gauges.append((name, help_text, read))
-
-    def render(self) -> str:
-        lines = [
-            "# HELP cps_rpc_total Calls answered, by method and seed error (OK on success).",
-            "# TYPE cps_rpc_total counter",
-        ]
-        lines += [
-            f'cps_rpc_total{{method="{method}",code="{outcome}"}} {count}'
-            for (method, outcome), count in sorted(self.calls.items())
-        ]
-        lines += [
-            "# HELP cps_rpc_duration_seconds Time from request to answer, by method.",
-            "# TYPE cps_rpc_duration_seconds histogram",
-        ]
-        for method, counts in sorted(self.latency.items()):
-            lines += _histogram(method, counts, self.latency_sum[method])
-        for name, help_text, read in self.gauges:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read():g}"]
-        return "\n".join(lines) + "\n"
+# grpc_server_handling_seconds, in seconds: from half a millisecond (a read
+# on the node) to well past a synchronous write that waits out the replica
+# timeout (1 s by default) and a failover within the lease TTL (3 s), up to
+# the forwarder's own limit (4 x replica timeout + 5 s) and beyond.
+HANDLING_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+# unary, client_stream, server_stream, bidi_stream (the names of go-grpc-prometheus).
+CALL_LABELS = ("grpc_service", "grpc_method", "grpc_type")
 
 
-def _histogram(method: str, counts: list[int], total: float) -> Iterable[str]:
-    cumulative = 0
-    for bound, count in zip(BUCKETS, counts, strict=False):
-        cumulative += count
-        yield f'cps_rpc_duration_seconds_bucket{{method="{method}",le="{bound}"}} {cumulative}'
-    cumulative += counts[-1]
-    yield f'cps_rpc_duration_seconds_bucket{{method="{method}",le="+Inf"}} {cumulative}'
-    yield f'cps_rpc_duration_seconds_sum{{method="{method}"}} {total:.6f}'
-    yield f'cps_rpc_duration_seconds_count{{method="{method}"}} {cumulative}'
+class ServerMetrics:
+    """One node's registry and the metrics the call path updates."""
+
+    def __init__(self, version: str) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)  # python_info
+        GCCollector(registry=registry)  # python_gc_*
+        self.started = Counter(
+            "grpc_server_started_total",
+            "RPCs started on the server.",
+            CALL_LABELS,
+            registry=registry,
+        )
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, whatever their status (grpc_code).",
+            (*CALL_LABELS, "grpc_code"),
+            registry=registry,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its end on the server (a stream: its whole life).",
+            CALL_LABELS,
+            buckets=HANDLING_BUCKETS,
+            registry=registry,
+        )
+        self.seed_errors = Counter(
+            "cps_seed_errors_total",
+            "RPCs that ended with a seed error (ErrorInfo reason of domain cps.v1, "
+            "e.g. CL_ERR_NOT_EXIST).",
+            ("grpc_service", "grpc_method", "reason"),
+            registry=registry,
+        )
+        build = Gauge(
+            "cps_build_info",
+            "Always 1; the version of the running cps-server.",
+            ("version",),
+            registry=registry,
+        )
+        build.labels(version).set(1)
+
+    def render(self, accept: str) -> tuple[bytes, str]:
+        """The exposition (OpenMetrics when the scraper asks for it) and its content type."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.registry), content_type
 
 
-# The node's one registry: the call decorators record into it.
-METRICS = Metrics()
+Ready = Callable[[], Awaitable[bool]]
+
+_REASONS = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+_TEXT = "text/plain; charset=utf-8"
 
 
-async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.Server:
-    """Answer every HTTP GET with the exposition text (path /metrics or any)."""
+async def serve_http(metrics: ServerMetrics, ready: Ready, host: str, port: int) -> asyncio.Server:
+    """GET (or HEAD) /metrics, /healthz (200: the loop answers), /readyz
+    (200 while grpc.health.v1 says SERVING for "", else 503); 404 elsewhere."""
+
+    async def answer(method: str, path: str, accept: str) -> tuple[int, bytes, str]:
+        if path == "/metrics":
+            body, content_type = metrics.render(accept)
+            return 200, body, content_type
+        if path == "/healthz":
+            return 200, b"ok\n", _TEXT
+        if path == "/readyz":
+            if await ready():
+                return 200, b"serving\n", _TEXT
+            return 503, b"not serving\n", _TEXT
+        return 404, b"not found: /metrics, /healthz, /readyz\n", _TEXT
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            if request.startswith(b"GET "):
-                body = metrics.render().encode()
-                status = b"200 OK"
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            request_line, *header_lines = head.decode("latin-1").split("\r\n")
+            method, target = [*request_line.split(" "), "", ""][:2]
+            headers = {}
+            for line in header_lines:
+                name, colon, value = line.partition(":")
+                if colon:
+                    headers[name.strip().lower()] = value.strip()
+            extra = b""
+            if method not in ("GET", "HEAD"):
+                status, body, content_type = 405, b"only GET and HEAD\n", _TEXT
+                extra = b"Allow: GET, HEAD\r\n"
             else:
-                body, status = b"only GET\n", b"405 Method Not Allowed"
+                try:
+                    status, body, content_type = await answer(
+                        method, target.partition("?")[0], headers.get("accept", "")
+                    )
+                except Exception:
+                    log.exception("metrics endpoint failed", extra={"path": target})
+                    status, body, content_type = 500, b"internal error\n", _TEXT
             writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                b"Content-Length: "
-                + str(len(body)).encode()
-                + b"\r\nConnection: close\r\n\r\n"
-                + body
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\n"
+                f"Content-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                "Connection: close\r\n".encode()
+                + extra
+                + b"\r\n"
+                + (b"" if method == "HEAD" else body)
             )
             await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):

@@ -26,17 +26,19 @@ from cps.v1 import (
 )
 
 from .api.admin_service import AdminService
+from .api.call_metrics import CallMetrics
 from .api.checkpoint_service import CheckpointService
 from .api.gate import RequestGate
 from .api.library_service import LibraryCheckpointService
 from .cluster.solo import NoForwarder, NoReplication, SoloDirectory
-from .config import Settings
+from .config import Settings, split_address, version
 from .core.directory import Member
 from .core.library import LibraryManager
 from .core.replica import Changes, Ref
 from .core.replicas import Replicas
 from .core.sessions import Sessions
-from .metrics import METRICS, Metrics, serve_metrics
+from .metrics import ServerMetrics, serve_http
+from .node_metrics import NodeCollector, health_serving
 from .security import server_credentials
 from .service.active import ActiveReplicas
 from .service.admin import Admin
@@ -78,7 +80,8 @@ class Node:
         self.settings = settings
         limits = settings.limits
         self.clock = LoopClock()
-        self.server = _grpc_server(settings)
+        self.metrics = ServerMetrics(version())
+        self.server = _grpc_server(settings, self.metrics)
         credentials = server_credentials(settings)
         try:
             if credentials is None:
@@ -171,20 +174,21 @@ class Node:
         self._reaper: asyncio.Task[None] | None = None
         self._metrics_server: asyncio.Server | None = None
         self.metrics_port = 0
-        _register_gauges(METRICS, self)
+        self.metrics.registry.register(NodeCollector(self))
 
     async def start(self) -> None:
+        # A cluster node is NOT_SERVING until it has joined (health starts SERVING).
+        await self._set_health(self.cluster is None)
         await self.server.start()
         self._reaper = asyncio.create_task(self._reap_idle_sessions())
         if self.settings.metrics_listen:
-            host, _, port = self.settings.metrics_listen.rpartition(":")
-            self._metrics_server = await serve_metrics(METRICS, host.strip("[]"), int(port))
+            host, port = split_address(self.settings.metrics_listen)
+            self._metrics_server = await serve_http(
+                self.metrics, lambda: health_serving(self.health), host, port
+            )
             self.metrics_port = self._metrics_server.sockets[0].getsockname()[1]
-            log.info("metrics serving", extra={"port": self.metrics_port})
-        if self.cluster is None:
-            await self._set_health(True)
-        else:
-            await self._set_health(False)
+            log.info("metrics serving", extra={"host": host, "port": self.metrics_port})
+        if self.cluster is not None:
             await self.cluster.start(self)
         log.info(
             "serving",
@@ -267,13 +271,13 @@ class Node:
             self._reaper.cancel()
         if self.cluster is not None:
             await self.cluster.stop()
-        if self._metrics_server is not None:
-            self._metrics_server.close()
         await self.health.enter_graceful_shutdown()
         log.info("stopping", extra={"grace_seconds": self.settings.grace_seconds})
         for session in list(self.sessions.sessions.values()):
             session.events.close()  # ends callback streams
         await self.server.stop(self.settings.grace_seconds)
+        if self._metrics_server is not None:  # /readyz said 503 during the drain
+            self._metrics_server.close()
         await self.journal.close()
         log.info("stopped")
 
@@ -287,49 +291,6 @@ class Node:
                 log.info("library handle reaped", extra={"library_handle": handle})
 
 
-def _register_gauges(metrics: Metrics, node: Node) -> None:
-    """Read at scrape time: nothing to keep up to date on the call path."""
-    metrics.gauges.clear()  # one node per process (tests start several in turn)
-    sessions, replicas = node.sessions, node.replicas
-    metrics.gauge("cps_sessions", "Open sessions.", lambda: len(sessions.sessions))
-    metrics.gauge(
-        "cps_checkpoint_handles", "Open checkpoint handles.", lambda: len(sessions.handles)
-    )
-    metrics.gauge(
-        "cps_checkpoints", "Server checkpoint replicas held.", lambda: len(replicas.by_ref)
-    )
-    metrics.gauge(
-        "cps_reserved_bytes",
-        "Sum of checkpoint_size of the replicas held and bytes the library checkpoints "
-        "hold (limit: --max-reserved-bytes).",
-        lambda: replicas.reserved_bytes + node.library.bytes,
-    )
-    metrics.gauge(
-        "cps_section_bytes", "Bytes of section data in the replicas held.", replicas.section_bytes
-    )
-    metrics.gauge(
-        "cps_callback_queue_max",
-        "Longest session callback queue (limit: --max-callback-queue).",
-        lambda: max((len(s.events.queue) for s in sessions.sessions.values()), default=0),
-    )
-    metrics.gauge(
-        "cps_library_checkpoints", "Library checkpoints.", lambda: len(node.library.checkpoints)
-    )
-    metrics.gauge(
-        "cps_library_bytes",
-        "Bytes of dataset and element data (and element ids) in the library checkpoints.",
-        lambda: node.library.bytes,
-    )
-    metrics.gauge(
-        "cps_library_handles",
-        "Open library handles (limit: --max-library-handles).",
-        lambda: len(node.library.handles),
-    )
-    metrics.gauge(
-        "cps_storage_commits", "Transactions committed to the store.", lambda: node.journal.batches
-    )
-
-
 async def serve(settings: Settings) -> None:
     node = Node(settings)
     await node.start()
@@ -341,11 +302,13 @@ async def serve(settings: Settings) -> None:
     await node.stop()
 
 
-def _grpc_server(settings: Settings) -> grpc.aio.Server:
+def _grpc_server(settings: Settings, metrics: ServerMetrics) -> grpc.aio.Server:
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     return grpc.aio.server(
-        # An undecodable request is refused with INVALID_ARGUMENT, not UNKNOWN.
-        interceptors=[RequestGate()],
+        # Every call counted, the ones the gate refuses included (it runs
+        # inside); an undecodable request is refused with INVALID_ARGUMENT,
+        # not UNKNOWN.
+        interceptors=[CallMetrics(metrics), RequestGate()],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

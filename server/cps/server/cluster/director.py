@@ -43,6 +43,9 @@ class Director:
         self.directory = directory
         self.replicas_wanted = replicas_wanted
         self.holder: Member | None = None  # the director, as last seen
+        # Checkpoints this node, as director, gave a new active because theirs
+        # was lost (for the metrics: cps_failovers_total).
+        self.failovers = 0
         self._mine = 0  # the create_revision of our director key, while we lead
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -128,6 +131,7 @@ class Director:
                 continue
             written = await self.directory.write(record, updated, [guard])
             if written and updated.active != record.active:
+                self.failovers += 1
                 log.warning(
                     "active replica changed",
                     extra={

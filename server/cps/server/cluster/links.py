@@ -147,6 +147,11 @@ class Link:
     def pending_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def pending_items(self) -> int:
+        """Items queued and not acknowledged yet (operations, snapshot parts, notifications)."""
+        return len(self._unacked)
+
     def close(self) -> None:
         self._task.cancel()
         self._fail_all(LinkDropped(f"link to {self.target} closed"))
