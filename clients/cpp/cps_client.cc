@@ -3,12 +3,22 @@
 //
 //   cps-cpp-client HOST:PORT
 //
-// Prints one "OK" line and exits 0, or prints what did not match and exits 1.
+// Plaintext by default. TLS is set by environment variables, the same in the
+// Go and Node clients: CPS_CA_CERT (PEM CA that signed the server's
+// certificate: TLS on, the server is verified), CPS_CLIENT_CERT and
+// CPS_CLIENT_KEY (a client certificate to present, for a server started with
+// --client-ca), CPS_SERVER_NAME (the name to verify instead of HOST).
+//
+// Prints one "OK" line and exits 0, or prints what did not match and exits 1
+// (a refused connection included); exits 2 on bad usage or TLS settings.
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -25,6 +35,11 @@ using Stub = v1::CheckpointService::Stub;
 constexpr auto kDeadline = std::chrono::seconds(10);
 
 struct Mismatch : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Settings the client cannot use (exit 2, nothing is sent).
+struct Usage : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
@@ -103,8 +118,46 @@ void ExpectSeedError(const grpc::Status& status, grpc::StatusCode code,
   Expect(found_index, "no cps.v1.IOVectorError in the status details");
 }
 
+// An environment variable, "" when unset.
+std::string Env(const char* name) {
+  const char* value = std::getenv(name);
+  return value == nullptr ? "" : value;
+}
+
+std::string ReadPem(const char* variable, const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (!file || text.str().find("-----BEGIN ") == std::string::npos) {
+    throw Usage(std::string(variable) + "=" + path + ": not a readable PEM file");
+  }
+  return text.str();
+}
+
+// Plaintext, or TLS when CPS_CA_CERT is set (see the top of the file).
+std::shared_ptr<grpc::Channel> Connect(const std::string& target) {
+  const std::string ca = Env("CPS_CA_CERT"), cert = Env("CPS_CLIENT_CERT"),
+                    key = Env("CPS_CLIENT_KEY"), server_name = Env("CPS_SERVER_NAME");
+  if (ca.empty()) {
+    if (!cert.empty() || !key.empty() || !server_name.empty()) {
+      throw Usage("CPS_CLIENT_CERT, CPS_CLIENT_KEY and CPS_SERVER_NAME need CPS_CA_CERT (TLS)");
+    }
+    return grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  }
+  if (cert.empty() != key.empty()) throw Usage("CPS_CLIENT_CERT and CPS_CLIENT_KEY go together");
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = ReadPem("CPS_CA_CERT", ca);
+  if (!cert.empty()) {
+    tls.pem_cert_chain = ReadPem("CPS_CLIENT_CERT", cert);
+    tls.pem_private_key = ReadPem("CPS_CLIENT_KEY", key);
+  }
+  grpc::ChannelArguments arguments;
+  if (!server_name.empty()) arguments.SetSslTargetNameOverride(server_name);
+  return grpc::CreateCustomChannel(target, grpc::SslCredentials(tls), arguments);
+}
+
 void Run(const std::string& target) {
-  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto channel = Connect(target);
   auto stub = v1::CheckpointService::NewStub(channel);
 
   // Initialize: release code B, major version 1.
@@ -266,6 +319,9 @@ int main(int argc, char** argv) {
   } catch (const Mismatch& mismatch) {
     std::cerr << "cps-cpp-client: FAILED: " << mismatch.what() << "\n";
     return 1;
+  } catch (const Usage& usage) {
+    std::cerr << "cps-cpp-client: " << usage.what() << "\n";
+    return 2;
   }
   std::cout << "cps-cpp-client: OK (session, open, sections, iovector write/read, "
                "NOT_FOUND details, notification, iteration, close, delete, finalize)\n";

@@ -4,12 +4,21 @@
 //
 //	cps-go-client HOST:PORT
 //
-// Prints one "OK" line and exits 0, or prints what did not match and exits 1.
+// Plaintext by default. TLS is set by environment variables, the same in the
+// C++ and Node clients: CPS_CA_CERT (PEM CA that signed the server's
+// certificate: TLS on, the server is verified), CPS_CLIENT_CERT and
+// CPS_CLIENT_KEY (a client certificate to present, for a server started with
+// --client-ca), CPS_SERVER_NAME (the name to verify instead of HOST).
+//
+// Prints one "OK" line and exits 0, or prints what did not match and exits 1
+// (a refused connection included); exits 2 on bad usage or TLS settings.
 package main
 
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +30,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 )
 
@@ -28,8 +38,50 @@ const deadline = 10 * time.Second
 
 func sectionID(id string) *cpsv1.SectionId { return &cpsv1.SectionId{Id: []byte(id)} }
 
+// usageError is a setting the client cannot use (exit 2, nothing is sent).
+type usageError struct{ message string }
+
+func (e usageError) Error() string { return e.message }
+
+// transport is plaintext, or TLS when CPS_CA_CERT is set (see the top of the file).
+func transport() (grpc.DialOption, error) {
+	ca, cert, key := os.Getenv("CPS_CA_CERT"), os.Getenv("CPS_CLIENT_CERT"), os.Getenv("CPS_CLIENT_KEY")
+	serverName := os.Getenv("CPS_SERVER_NAME")
+	if ca == "" {
+		if cert != "" || key != "" || serverName != "" {
+			return nil, usageError{"CPS_CLIENT_CERT, CPS_CLIENT_KEY and CPS_SERVER_NAME need CPS_CA_CERT (TLS)"}
+		}
+		return grpc.WithInsecure(), nil
+	}
+	if (cert == "") != (key == "") {
+		return nil, usageError{"CPS_CLIENT_CERT and CPS_CLIENT_KEY go together"}
+	}
+	pem, err := os.ReadFile(ca)
+	if err != nil {
+		return nil, usageError{fmt.Sprintf("CPS_CA_CERT: %v", err)}
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, usageError{fmt.Sprintf("CPS_CA_CERT=%s: no PEM certificate in it", ca)}
+	}
+	// An empty ServerName means the host of the target.
+	config := &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12}
+	if cert != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, usageError{fmt.Sprintf("CPS_CLIENT_CERT=%s, CPS_CLIENT_KEY=%s: %v", cert, key, err)}
+		}
+		config.Certificates = []tls.Certificate{pair}
+	}
+	return grpc.WithTransportCredentials(credentials.NewTLS(config)), nil
+}
+
 func run(target string) error {
-	conn, err := grpc.Dial(target, grpc.WithInsecure())
+	security, err := transport()
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.Dial(target, security)
 	if err != nil {
 		return fmt.Errorf("Dial: %w", err)
 	}
@@ -247,6 +299,11 @@ func main() {
 		os.Exit(2)
 	}
 	if err := run(os.Args[1]); err != nil {
+		var usage usageError
+		if errors.As(err, &usage) {
+			fmt.Fprintf(os.Stderr, "cps-go-client: %v\n", usage)
+			os.Exit(2)
+		}
 		fmt.Fprintf(os.Stderr, "cps-go-client: FAILED: %v\n", err)
 		os.Exit(1)
 	}

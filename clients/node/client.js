@@ -4,7 +4,14 @@
 //
 //   node clients/node/client.js HOST:PORT
 //
-// Prints one "OK" line and exits 0, or prints what did not match and exits 1.
+// Plaintext by default. TLS is set by environment variables, the same in the
+// C++ and Go clients: CPS_CA_CERT (PEM CA that signed the server's
+// certificate: TLS on, the server is verified), CPS_CLIENT_CERT and
+// CPS_CLIENT_KEY (a client certificate to present, for a server started with
+// --client-ca), CPS_SERVER_NAME (the name to verify instead of HOST).
+//
+// Prints one "OK" line and exits 0, or prints what did not match and exits 1
+// (a refused connection included); exits 2 on bad usage or TLS settings.
 'use strict';
 
 const fs = require('node:fs');
@@ -40,6 +47,9 @@ detailTypes.loadSync(
 const RpcStatus = detailTypes.lookupType('google.rpc.Status');
 
 class Mismatch extends Error {}
+
+// Settings the client cannot use (exit 2, nothing is sent).
+class Usage extends Error {}
 
 function expect(ok, what) {
   if (!ok) throw new Mismatch(what);
@@ -96,8 +106,45 @@ function errorDetails(error) {
 
 const sectionId = (id) => ({ id: Buffer.from(id) });
 
+function readPem(variable) {
+  try {
+    return fs.readFileSync(process.env[variable]);
+  } catch (error) {
+    throw new Usage(`${variable}: ${error.message}`);
+  }
+}
+
+// [credentials, channel options]: plaintext, or TLS when CPS_CA_CERT is set
+// (see the top of the file). An empty variable counts as unset.
+function transport() {
+  const { CPS_CA_CERT: ca, CPS_CLIENT_CERT: cert, CPS_CLIENT_KEY: key } = process.env;
+  const serverName = process.env.CPS_SERVER_NAME;
+  if (!ca) {
+    if (cert || key || serverName) {
+      throw new Usage('CPS_CLIENT_CERT, CPS_CLIENT_KEY and CPS_SERVER_NAME need CPS_CA_CERT (TLS)');
+    }
+    return [grpc.credentials.createInsecure(), {}];
+  }
+  if (!cert !== !key) throw new Usage('CPS_CLIENT_CERT and CPS_CLIENT_KEY go together');
+  let credentials;
+  try {
+    credentials = grpc.credentials.createSsl(
+      readPem('CPS_CA_CERT'),
+      key ? readPem('CPS_CLIENT_KEY') : null,
+      cert ? readPem('CPS_CLIENT_CERT') : null,
+    );
+  } catch (error) {
+    if (error instanceof Usage) throw error;
+    throw new Usage(`CPS_CA_CERT, CPS_CLIENT_CERT, CPS_CLIENT_KEY: ${error.message}`);
+  }
+  // The name checked in the server's certificate (and sent as SNI).
+  const options = serverName ? { 'grpc.ssl_target_name_override': serverName } : {};
+  return [credentials, options];
+}
+
 async function run(target) {
-  const client = new CheckpointService(target, grpc.credentials.createInsecure());
+  const [credentials, options] = transport();
+  const client = new CheckpointService(target, credentials, options);
   try {
     await session(client);
   } finally {
@@ -237,6 +284,10 @@ async function main() {
   try {
     await run(target);
   } catch (error) {
+    if (error instanceof Usage) {
+      console.error(`cps-node-client: ${error.message}`);
+      return 2;
+    }
     if (!(error instanceof Mismatch)) throw error;
     console.error(`cps-node-client: FAILED: ${error.message}`);
     return 1;

@@ -1,5 +1,6 @@
-"""Fixtures shared by the interop tests: a real server, a server that breaks
-the contract, and an address nobody listens on."""
+"""Fixtures shared by the interop tests: a real server (plaintext, or TLS with
+client certificates), a server that breaks the contract, and an address
+nobody listens on."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import types_pb2 as t
+from tests.certs import Authority
+from tests.interop.foreign import TlsNode
 from tests.processes import ServerProcess
 
 
@@ -20,6 +23,19 @@ from tests.processes import ServerProcess
 def server() -> Iterator[ServerProcess]:
     with ServerProcess.start() as process:
         yield process
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsNode]:
+    """A real server with TLS and client certificates required, certificates
+    made now (tests/certs.py)."""
+    folder = tmp_path_factory.mktemp("certs")
+    servers, clients = Authority(folder, "servers"), Authority(folder, "clients")
+    node = servers.issue("node")
+    stranger = Authority(folder, "stranger")
+    flags = ("--tls-cert", str(node.cert), "--tls-key", str(node.key))
+    with ServerProcess.start(*flags, "--client-ca", str(clients.path)) as process:
+        yield TlsNode(process.address, servers.path, clients.issue("app"), stranger.path)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.foreign import ROOT, build_with_make, require_tools, run_client
+from tests.interop.foreign import (
+    REFUSALS,
+    ROOT,
+    TlsNode,
+    build_with_make,
+    require_tools,
+    run_client,
+)
 from tests.processes import ServerProcess
 
 DEBIAN_GRPC = Path("/usr/share/gocode/src/google.golang.org/grpc")
@@ -46,3 +53,37 @@ def test_go_client_fails_without_server(go_client: list[str], dead_address: str)
     result = run_client(go_client, dead_address)
     assert result.returncode == 1, result
     assert "FAILED: Initialize: rpc error: code = Unavailable" in result.stderr
+
+
+@pytest.mark.timeout(900)
+def test_go_client_over_mutual_tls(go_client: list[str], tls_server: TlsNode) -> None:
+    """The whole session again, over TLS: the client verifies the node (as
+    localhost) and presents a certificate of the node's client CA."""
+    result = run_client(go_client, tls_server.address, tls_server.trusted())
+    assert result.returncode == 0, f"Go client failed:\n{result.stdout}{result.stderr}"
+    assert result.stdout.startswith("cps-go-client: OK")
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_go_client_fails_cleanly_against_tls(
+    go_client: list[str], tls_server: TlsNode, refusal: str
+) -> None:
+    """No client certificate, a server it cannot verify: the handshake fails,
+    the client exits 1 at once (the subprocess timeout bounds it)."""
+    result = run_client(go_client, tls_server.address, tls_server.refused(refusal), timeout=30)
+    assert result.returncode == 1, result
+    assert "FAILED: Initialize: rpc error: code = Unavailable" in result.stderr, result.stderr
+
+
+@pytest.mark.timeout(900)
+def test_go_client_refuses_a_client_certificate_without_tls(
+    go_client: list[str], dead_address: str, tls_server: TlsNode
+) -> None:
+    """CPS_CLIENT_CERT without CPS_CA_CERT is a usage error (exit 2): it
+    would be sent in plaintext otherwise, or not at all."""
+    variables = tls_server.trusted()
+    del variables["CPS_CA_CERT"]
+    result = run_client(go_client, dead_address, variables, timeout=30)
+    assert result.returncode == 2, result
+    assert "need CPS_CA_CERT" in result.stderr, result.stderr

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 
 from cps.v1 import checkpoint_service_pb2 as pb
-from tests.interop.foreign import ROOT, run_client
+from tests.interop.foreign import REFUSALS, ROOT, TlsNode, run_client
 from tests.processes import ServerProcess
 
 SOURCE = ROOT / "clients" / "node"
@@ -46,6 +46,37 @@ def test_node_client_fails_without_server(node_client: list[str], dead_address: 
     result = run_client(node_client, dead_address)
     assert result.returncode == 1, result
     assert "FAILED: Initialize failed: UNAVAILABLE" in result.stderr
+
+
+def test_node_client_over_mutual_tls(node_client: list[str], tls_server: TlsNode) -> None:
+    """The whole session again, over TLS: the client verifies the node (as
+    localhost) and presents a certificate of the node's client CA."""
+    result = run_client(node_client, tls_server.address, tls_server.trusted())
+    assert result.returncode == 0, f"Node client failed:\n{result.stdout}{result.stderr}"
+    assert result.stdout.startswith("cps-node-client: OK")
+
+
+@pytest.mark.parametrize("refusal", REFUSALS)
+def test_node_client_fails_cleanly_against_tls(
+    node_client: list[str], tls_server: TlsNode, refusal: str
+) -> None:
+    """No client certificate, a server it cannot verify: the handshake fails,
+    the client exits 1 at once (the subprocess timeout bounds it)."""
+    result = run_client(node_client, tls_server.address, tls_server.refused(refusal), timeout=30)
+    assert result.returncode == 1, result
+    assert "FAILED: Initialize failed: UNAVAILABLE" in result.stderr, result.stderr
+
+
+def test_node_client_refuses_a_client_certificate_without_tls(
+    node_client: list[str], dead_address: str, tls_server: TlsNode
+) -> None:
+    """CPS_CLIENT_CERT without CPS_CA_CERT is a usage error (exit 2): it
+    would be sent in plaintext otherwise, or not at all."""
+    variables = tls_server.trusted()
+    del variables["CPS_CA_CERT"]
+    result = run_client(node_client, dead_address, variables, timeout=30)
+    assert result.returncode == 2, result
+    assert "need CPS_CA_CERT" in result.stderr, result.stderr
 
 
 @pytest.mark.timeout(900)
