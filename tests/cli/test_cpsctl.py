@@ -60,7 +60,7 @@ def test_status(server: ServerProcess) -> None:
 
 def test_sections(server: ServerProcess) -> None:
     table = ok(server.address, "sections", "cli-demo")
-    assert "greeting" in table and "0x00ff10" in table and "VALID" in table
+    assert "greeting" in table and "binary" in table and "VALID" in table
     sections = as_json(server.address, "sections", "cli-demo")
     assert [s["id_hex"] for s in sections] == [b"binary".hex(), b"greeting".hex()]
     assert [s["size"] for s in sections] == [3, 5]

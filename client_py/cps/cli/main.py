@@ -336,6 +336,7 @@ def cmd_nodes(run: Command) -> int:
     for node in nodes:
         if node["answering"]:
             node["name"] = f"{node['name']} *"
+        node["lease_id"] = f"{node['lease_id']:x}" if node["lease_id"] else None  # as etcdctl
     run.out.table(
         nodes,
         [
@@ -576,7 +577,8 @@ def cmd_health(run: Command) -> int:
             row["health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
         except grpc.RpcError as error:
             call: Any = error
-            row["error"] = f"{call.code().name}: {call.details()}"
+            # The last part of grpc's "...: Connection refused".
+            row["error"] = f"{call.code().name}: {str(call.details()).rsplit(': ', 1)[-1]}"
             if call.code() not in _GONE:
                 row["health"] = "ERROR"
         finally:
