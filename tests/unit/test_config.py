@@ -301,6 +301,15 @@ def test_bad_limit_from_env() -> None:
     assert "max_sessions = '0' (from env CPS_MAX_SESSIONS): must be at least 1" in message
 
 
+def test_a_limit_in_seconds() -> None:
+    settings = parse(["--library-handle-timeout-seconds", "0.5"], {})
+    assert settings.limits.library_handle_timeout_seconds == 0.5
+    message = problems(["--library-handle-timeout-seconds", "0"])
+    assert "(from flag --library-handle-timeout-seconds): must be greater than 0" in message
+    option = next(o for o in config.LIMIT_OPTIONS if o.name == "library_handle_timeout_seconds")
+    assert (option.metavar, option.type_text) == ("SECONDS", "seconds")
+
+
 @pytest.mark.parametrize(
     ("toml", "expected"),
     [
