@@ -352,7 +352,8 @@ OPTIONS: tuple[Option, ...] = (
         "metrics_listen",
         "str",
         "",
-        "HOST:PORT of the Prometheus /metrics endpoint (empty: off)",
+        "HOST:PORT of the HTTP endpoint of /metrics (Prometheus), /healthz and /readyz "
+        "(empty: off); a loopback host unless the scraper or prober is elsewhere",
         "server",
         metavar="HOST:PORT",
         check=_address(optional=True),
