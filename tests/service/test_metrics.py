@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import grpc
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cps.server.config import version
 from cps.server.metrics import HANDLING_BUCKETS
 from cps.server.node import Node
+from cps.v1 import checkpoint_service_pb2 as pb
 from tests.support import Client, running_node
 
 Labels = tuple[tuple[str, str], ...]
@@ -111,6 +113,51 @@ def test_grpc_server_metrics_count_every_call_with_its_code_and_seed_error() -> 
         assert types["cps_seed_errors"] == "counter"
         # No private call metrics are left.
         assert not any(name.startswith("cps_rpc") for name, _ in after)
+
+
+def test_refused_undecodable_requests_and_streams_are_counted() -> None:
+    """The gate's refusals (it runs inside the metrics interceptor) and
+    server streams, counted when they end."""
+    with (
+        running_node("--metrics-listen", "127.0.0.1:0") as node,
+        grpc.insecure_channel(f"127.0.0.1:{node.port}") as channel,
+    ):
+        port = node.metrics_port
+        check = channel.unary_unary(f"/{HEALTH}/Check")
+        with pytest.raises(grpc.RpcError):
+            check(bytes([0x0A, 3, 0xFF, 0xFE, 0xFD]), timeout=5)  # service: not UTF-8
+        refused = call(HEALTH, "Check")
+        samples = scrape(port)[1]
+        assert value(samples, "grpc_server_handled_total", **refused, grpc_code="INVALID_ARGUMENT")
+        seed = {"grpc_service": HEALTH, "grpc_method": "Check"}
+        assert value(samples, "cps_seed_errors_total", **seed, reason="CL_CKPT_ERR_INVALID_PARAM")
+        # A second Callbacks stream of the session takes over: the first ends
+        # ABORTED with CL_CKPT_ERR_INUSE, the second CANCELLED by its client.
+        client = Client(channel)
+        request = pb.CallbacksRequest(service_handle=client.session)
+        callbacks = call(CPS, "Callbacks", "server_stream")
+        first = client.stub.Callbacks(request)
+        until(lambda: value(scrape(port)[1], "grpc_server_started_total", **callbacks) == 1)
+        second = client.stub.Callbacks(request)
+        with pytest.raises(grpc.RpcError) as ended:
+            next(first)
+        assert ended.value.code() == grpc.StatusCode.ABORTED
+        second.cancel()
+        until(
+            lambda: value(scrape(port)[1], "grpc_server_handling_seconds_count", **callbacks) == 2
+        )
+        samples = scrape(port)[1]
+    assert value(samples, "grpc_server_handled_total", **callbacks, grpc_code="ABORTED") == 1
+    assert value(samples, "grpc_server_handled_total", **callbacks, grpc_code="CANCELLED") == 1
+    stream_seed = {"grpc_service": CPS, "grpc_method": "Callbacks"}
+    assert value(samples, "cps_seed_errors_total", **stream_seed, reason="CL_CKPT_ERR_INUSE") == 1
+
+
+def until(condition: Callable[[], bool], timeout: float = 5) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_node_gauges_process_metrics_and_build_info() -> None:
