@@ -59,6 +59,11 @@ class AdminServiceStub:
                 request_serializer=cps_dot_v1_dot_admin__service__pb2.ListSessionsRequest.SerializeToString,
                 response_deserializer=cps_dot_v1_dot_admin__service__pb2.ListSessionsResponse.FromString,
                 _registered_method=True)
+        self.SnapshotSave = channel.unary_stream(
+                '/cps.v1.AdminService/SnapshotSave',
+                request_serializer=cps_dot_v1_dot_admin__service__pb2.SnapshotSaveRequest.SerializeToString,
+                response_deserializer=cps_dot_v1_dot_admin__service__pb2.SnapshotSaveResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -103,6 +108,23 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SnapshotSave(self, request, context):
+        """A consistent copy of the answering node's store (its SQLite file, as
+        of one moment; writers are not held up), streamed: a SnapshotInfo
+        first, then the file's bytes in chunks under 1 MiB, then its sha256.
+        `cpsctl snapshot save FILE` writes it; `cpsctl snapshot restore FILE
+        --data-dir DIR` turns it into a new node's data directory. In a
+        cluster the store holds library checkpoints only (server checkpoints
+        live in the replicas' memory). With an authorization table
+        (--auth-file) only an identity granted read on every name (prefix "")
+        for both server and library checkpoints may take one, else
+        PERMISSION_DENIED with CL_CKPT_ERR_OP_NOT_PERMITTED; without a table,
+        every caller the port lets in. docs/operations.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +152,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListSessions,
                     request_deserializer=cps_dot_v1_dot_admin__service__pb2.ListSessionsRequest.FromString,
                     response_serializer=cps_dot_v1_dot_admin__service__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'SnapshotSave': grpc.unary_stream_rpc_method_handler(
+                    servicer.SnapshotSave,
+                    request_deserializer=cps_dot_v1_dot_admin__service__pb2.SnapshotSaveRequest.FromString,
+                    response_serializer=cps_dot_v1_dot_admin__service__pb2.SnapshotSaveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -267,6 +294,33 @@ class AdminService:
             '/cps.v1.AdminService/ListSessions',
             cps_dot_v1_dot_admin__service__pb2.ListSessionsRequest.SerializeToString,
             cps_dot_v1_dot_admin__service__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotSave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cps.v1.AdminService/SnapshotSave',
+            cps_dot_v1_dot_admin__service__pb2.SnapshotSaveRequest.SerializeToString,
+            cps_dot_v1_dot_admin__service__pb2.SnapshotSaveResponse.FromString,
             options,
             channel_credentials,
             insecure,

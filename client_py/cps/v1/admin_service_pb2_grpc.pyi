@@ -59,6 +59,19 @@ class AdminServiceStub:
     """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_admin_service_pb2.ListSessionsRequest, _admin_service_pb2.ListSessionsResponse]
     """The answering node's sessions that belong to the caller."""
+    SnapshotSave: _grpc.UnaryStreamMultiCallable[_admin_service_pb2.SnapshotSaveRequest, _admin_service_pb2.SnapshotSaveResponse]
+    """A consistent copy of the answering node's store (its SQLite file, as
+    of one moment; writers are not held up), streamed: a SnapshotInfo
+    first, then the file's bytes in chunks under 1 MiB, then its sha256.
+    `cpsctl snapshot save FILE` writes it; `cpsctl snapshot restore FILE
+    --data-dir DIR` turns it into a new node's data directory. In a
+    cluster the store holds library checkpoints only (server checkpoints
+    live in the replicas' memory). With an authorization table
+    (--auth-file) only an identity granted read on every name (prefix "")
+    for both server and library checkpoints may take one, else
+    PERMISSION_DENIED with CL_CKPT_ERR_OP_NOT_PERMITTED; without a table,
+    every caller the port lets in. docs/operations.md.
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -80,6 +93,19 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     ListSessions: _aio.UnaryUnaryMultiCallable[_admin_service_pb2.ListSessionsRequest, _admin_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """The answering node's sessions that belong to the caller."""
+    SnapshotSave: _aio.UnaryStreamMultiCallable[_admin_service_pb2.SnapshotSaveRequest, _admin_service_pb2.SnapshotSaveResponse]  # type: ignore[assignment]
+    """A consistent copy of the answering node's store (its SQLite file, as
+    of one moment; writers are not held up), streamed: a SnapshotInfo
+    first, then the file's bytes in chunks under 1 MiB, then its sha256.
+    `cpsctl snapshot save FILE` writes it; `cpsctl snapshot restore FILE
+    --data-dir DIR` turns it into a new node's data directory. In a
+    cluster the store holds library checkpoints only (server checkpoints
+    live in the replicas' memory). With an authorization table
+    (--auth-file) only an identity granted read on every name (prefix "")
+    for both server and library checkpoints may take one, else
+    PERMISSION_DENIED with CL_CKPT_ERR_OP_NOT_PERMITTED; without a table,
+    every caller the port lets in. docs/operations.md.
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -128,5 +154,24 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_service_pb2.ListSessionsResponse, _abc.Awaitable[_admin_service_pb2.ListSessionsResponse]]:
         """The answering node's sessions that belong to the caller."""
+
+    @_abc_1.abstractmethod
+    def SnapshotSave(
+        self,
+        request: _admin_service_pb2.SnapshotSaveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_service_pb2.SnapshotSaveResponse], _abc.AsyncIterator[_admin_service_pb2.SnapshotSaveResponse]]:
+        """A consistent copy of the answering node's store (its SQLite file, as
+        of one moment; writers are not held up), streamed: a SnapshotInfo
+        first, then the file's bytes in chunks under 1 MiB, then its sha256.
+        `cpsctl snapshot save FILE` writes it; `cpsctl snapshot restore FILE
+        --data-dir DIR` turns it into a new node's data directory. In a
+        cluster the store holds library checkpoints only (server checkpoints
+        live in the replicas' memory). With an authorization table
+        (--auth-file) only an identity granted read on every name (prefix "")
+        for both server and library checkpoints may take one, else
+        PERMISSION_DENIED with CL_CKPT_ERR_OP_NOT_PERMITTED; without a table,
+        every caller the port lets in. docs/operations.md.
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

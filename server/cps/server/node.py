@@ -163,7 +163,7 @@ class Node:
             serving=lambda: self.cluster is None or self.cluster.ready,
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(admin, authorization), self.server
+            AdminService(admin, authorization, self.journal.store.path), self.server
         )
         services = [CHECKPOINT_SERVICE, LIBRARY_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME]
         if self.cluster is not None:

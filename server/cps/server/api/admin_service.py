@@ -3,17 +3,34 @@ the admin use case (service/admin.py), protobuf out. Read only."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
 from cps.server.core.authorization import Access, Authorization, Kind
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.sessions import Session
 from cps.server.core.types import OpenFlag
 from cps.server.service.admin import Admin, CheckpointView, NodeView, Source
+from cps.server.status import to_status
+from cps.server.storage import snapshot
+from cps.server.storage.sqlite_store import SCHEMA_VERSION, StoreError
 from cps.v1 import admin_service_pb2 as pb
 from cps.v1 import admin_service_pb2_grpc as pb_grpc
 from cps.v1 import types_pb2 as t
 
 from . import convert
-from .calls import seed_rpc
+from .calls import identity, seed_rpc
+
+log = logging.getLogger("cps.api")
+
+# Bytes of the store per SnapshotSaveResponse (well under grpc's 4 MiB).
+SNAPSHOT_CHUNK = 256 * 1024
 
 _SOURCES = {
     Source.ACTIVE_REPLICA: pb.DETAIL_SOURCE_ACTIVE_REPLICA,
@@ -31,11 +48,20 @@ class AdminService(pb_grpc.AdminServiceServicer):
     """What a caller sees: every caller the port lets in sees the nodes; with
     an authorization table (--auth-file) only the checkpoints it may read
     (listing hides the others, asking for one is OP_NOT_PERMITTED), without
-    one every checkpoint; and only its own sessions."""
+    one every checkpoint; and only its own sessions. A snapshot of the store
+    holds every checkpoint: with a table, only an identity that may read
+    every name of both kinds may take one."""
 
-    def __init__(self, admin: Admin, authorization: Authorization | None = None) -> None:
+    def __init__(
+        self,
+        admin: Admin,
+        authorization: Authorization | None = None,
+        store: Path | None = None,
+    ) -> None:
         self.admin = admin
         self.authorization = authorization
+        # The node's SQLite file (SnapshotSave); None: this node has none.
+        self.store = store
 
     def _readable(self, who: str, name: str) -> bool:
         return self.authorization is None or self.authorization.allows(
@@ -103,6 +129,43 @@ class AdminService(pb_grpc.AdminServiceServicer):
         return pb.ListSessionsResponse(
             sessions=[_session(session) for session in self.admin.sessions_of(who)]
         )
+
+    async def SnapshotSave(
+        self, request: pb.SnapshotSaveRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.SnapshotSaveResponse]:
+        who = identity(context)
+        try:
+            if self.authorization is not None:
+                for kind in (Kind.SERVER, Kind.LIBRARY):
+                    # Only a grant on the prefix "" matches the name "".
+                    self.authorization.check(who, kind, "", Access.READ)
+            if self.store is None:
+                raise CkptError(ErrorCode.NOT_EXIST, "this node keeps no store")
+            try:
+                copy = await asyncio.to_thread(snapshot.take, self.store)
+            except StoreError as error:
+                log.error("snapshot failed: %s", error)
+                raise CkptError(ErrorCode.INTERNAL, str(error)) from error
+        except CkptError as error:
+            await context.abort_with_status(to_status(error))
+            return
+        with copy:
+            size = await asyncio.to_thread(lambda: copy.seek(0, 2))
+            copy.seek(0)
+            log.info("snapshot", extra={"bytes": size, "identity": who})
+            yield pb.SnapshotSaveResponse(
+                info=pb.SnapshotInfo(
+                    size=size,
+                    node=self.admin.me.name,
+                    schema_version=SCHEMA_VERSION,
+                    version=self.admin.version,
+                )
+            )
+            digest = hashlib.sha256()
+            while data := await asyncio.to_thread(copy.read, SNAPSHOT_CHUNK):
+                digest.update(data)
+                yield pb.SnapshotSaveResponse(data=data)
+            yield pb.SnapshotSaveResponse(sha256=digest.digest())
 
 
 def _node(view: NodeView) -> pb.NodeInfo:
