@@ -32,6 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "security": {"config"},
     "main": {"config", "logs", "node", "storage"},
     "node": {"*"},
+    "node_events": {"*"},
     "cluster_parts": {"*"},
     "__init__": set(),
 }

@@ -499,6 +499,8 @@ _LIMIT_HELP = {
     "it the peer leaves the in-sync sets and is sent whole again",
     "max_callback_queue": "callbacks waiting for one session's stream; beyond it "
     "notifications are merged, then dropped (EventsLost)",
+    "max_event_backlog": "service events the node keeps (EventService.Watch): a watcher "
+    "resumes from any of them; one further behind loses the oldest and is told how many",
     "max_callback_message_bytes": "bytes of one Callbacks stream message: a larger "
     "notification is split over several callbacks, waiting callbacks over several "
     "messages (keep it below the clients' receive limit, 4 MiB in gRPC)",

@@ -61,6 +61,9 @@ class ServerMetrics:
     """One node's registry and the metrics the call path updates."""
 
     def __init__(self, version: str) -> None:
+        # Told (service/method path, seed reason) of each call that ends with
+        # a seed error (the node's event feed reports the limits reached).
+        self.on_seed_error: Callable[[str, str], None] | None = None
         self.registry = registry = CollectorRegistry(auto_describe=True)
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
         ProcessCollector(registry=registry)

@@ -21,6 +21,8 @@ from cps.v1 import (
     admin_service_pb2_grpc,
     checkpoint_service_pb2,
     checkpoint_service_pb2_grpc,
+    event_service_pb2,
+    event_service_pb2_grpc,
     library_service_pb2,
     library_service_pb2_grpc,
 )
@@ -28,6 +30,7 @@ from cps.v1 import (
 from .api.admin_service import AdminService
 from .api.call_metrics import CallMetrics
 from .api.checkpoint_service import CheckpointService
+from .api.event_service import EventService
 from .api.gate import RequestGate
 from .api.library_service import LibraryCheckpointService
 from .cluster.solo import NoForwarder, NoReplication, SoloDirectory
@@ -38,6 +41,7 @@ from .core.replica import Changes, Ref
 from .core.replicas import Replicas
 from .core.sessions import Sessions
 from .metrics import ServerMetrics, serve_http
+from .node_events import wire_events
 from .node_metrics import NodeCollector, health_serving
 from .security import server_credentials
 from .service.active import ActiveReplicas
@@ -69,6 +73,7 @@ LIBRARY_SERVICE = library_service_pb2.DESCRIPTOR.services_by_name[
     "LibraryCheckpointService"
 ].full_name
 ADMIN_SERVICE = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+EVENT_SERVICE = event_service_pb2.DESCRIPTOR.services_by_name["EventService"].full_name
 CLIENT_SERVICES = ("", CHECKPOINT_SERVICE, LIBRARY_SERVICE)
 
 
@@ -146,6 +151,7 @@ class Node:
             restore_library(self.journal.store, self.library)
             self.library.recount()
             self.cluster.wire(self)
+        self.events = wire_events(self)  # the service-event feed (EventService)
         self.health = health.aio.HealthServicer()
         # --auth-file, read and checked at start (config.parse).
         authorization = settings.authorization
@@ -165,7 +171,16 @@ class Node:
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminService(admin, authorization, self.journal.store.path), self.server
         )
-        services = [CHECKPOINT_SERVICE, LIBRARY_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME]
+        event_service_pb2_grpc.add_EventServiceServicer_to_server(
+            EventService(self.events, self.me.name, authorization), self.server
+        )
+        services = [
+            CHECKPOINT_SERVICE,
+            LIBRARY_SERVICE,
+            ADMIN_SERVICE,
+            EVENT_SERVICE,
+            health.SERVICE_NAME,
+        ]
         if self.cluster is not None:
             from .cluster_parts import PEER_SERVICE
 
@@ -275,6 +290,7 @@ class Node:
         log.info("stopping", extra={"grace_seconds": self.settings.grace_seconds})
         for session in list(self.sessions.sessions.values()):
             session.events.close()  # ends callback streams
+        self.events.close()  # ends Watch streams
         await self.server.stop(self.settings.grace_seconds)
         if self._metrics_server is not None:  # /readyz said 503 during the drain
             self._metrics_server.close()

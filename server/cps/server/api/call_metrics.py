@@ -89,6 +89,9 @@ class _Method:
                     service, method, reason
                 )
             counter.inc()
+            if self.metrics.on_seed_error is not None:
+                service, method, _ = self.labels
+                self.metrics.on_seed_error(f"/{service}/{method}", reason)
 
 
 def _code(context: Context, error: BaseException | None) -> grpc.StatusCode:

@@ -8,7 +8,7 @@ start); every checkpoint is active here, or has no active replica yet
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from cps.server.core.calls import Call
@@ -26,6 +26,8 @@ class SoloDirectory:
         self.by_name: dict[str, Record] = {}  # live names
         self.by_incarnation: dict[int, Record] = {}
         self._incarnations = itertools.count(1)
+        # (old, new) after each change, as EtcdDirectory.on_record.
+        self.on_record: list[Callable[[Record | None, Record | None], None]] = []
 
     @property
     def me(self) -> Member:
@@ -66,13 +68,15 @@ class SoloDirectory:
     async def remove(self, record: Record) -> None:
         if self.by_name.get(record.name, record).incarnation == record.incarnation:
             self.by_name.pop(record.name, None)
-        self.by_incarnation.pop(record.incarnation, None)
+        old = self.by_incarnation.pop(record.incarnation, None)
+        self._tell(old, None)
 
     def discard(self, incarnation: int) -> None:
         """Forget an instance at once (its creation was rolled back)."""
         record = self.by_incarnation.pop(incarnation, None)
         if record is not None and self.by_name.get(record.name) == record:
             del self.by_name[record.name]
+        self._tell(record, None)
 
     async def set_active(self, record: Record, member: Member) -> Record:
         current = self.by_incarnation.get(record.incarnation)
@@ -96,9 +100,17 @@ class SoloDirectory:
         return 0
 
     def _put(self, record: Record) -> None:
+        old = self.by_incarnation.get(record.incarnation)
         self.by_incarnation[record.incarnation] = record
         if not record.unlinked:
             self.by_name[record.name] = record
+        self._tell(old, record)
+
+    def _tell(self, old: Record | None, new: Record | None) -> None:
+        if old == new:
+            return
+        for handler in self.on_record:
+            handler(old, new)
 
 
 class NoReplication:

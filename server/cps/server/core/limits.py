@@ -35,6 +35,10 @@ class Limits:
     # Bytes shipped to one peer and not acknowledged yet: past this the peer
     # is too far behind; it leaves the in-sync sets and is sent whole again.
     max_peer_queue_bytes: int = 256 * 1024**2
+    # Service events (EventService.Watch) the node keeps: a subscriber
+    # resumes from any of them, and one that falls further behind loses the
+    # oldest (it is told how many).
+    max_event_backlog: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)

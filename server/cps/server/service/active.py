@@ -28,6 +28,7 @@ from cps.server.core.errors import (
 )
 from cps.server.core.replica import Changes, Ref, Replica
 from cps.server.core.replicas import Replicas
+from cps.server.core.service_events import CheckpointDetail, EventKind, EventLog, SectionDetail
 
 from .ports import Directory, Lease, Persistence, Replication
 
@@ -93,6 +94,8 @@ class ActiveReplicas:
         self.clock = clock
         self.deliver = deliver
         self.serving: dict[Ref, Serving] = {}
+        # Service events of the active's timers (node_events.py sets it).
+        self.events: EventLog | None = None
         self._becoming: dict[Ref, tuple[int, asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -371,6 +374,9 @@ class ActiveReplicas:
                 self._settle(self.apply_internal(ref, op.SectionExpire(section_id)))
             except CkptError as error:  # deposed meanwhile: the new active expires it
                 log.info("expiry skipped", extra={"checkpoint": ref.name, "why": error.message})
+                return
+            if self.events is not None:
+                self.events.emit(EventKind.SECTION_EXPIRED, ref.name, SectionDetail(section_id))
 
         serving.expiry[section_id] = self.clock.call_later(expiration - self.clock.now(), expire)
 
@@ -387,20 +393,24 @@ class ActiveReplicas:
             return
         delay = replica.last_close + replica.retention - self.clock.now()
         if delay <= 0:  # a duration of 0, or a failover after it ran out
-            self._spawn(self._free(replica.ref))
+            self._spawn(self._free(replica.ref, retention=True))
             return
 
         def retention_ended() -> None:
             serving.retention = None
             if not replica.open_handles:
-                self._spawn(self._free(replica.ref))
+                self._spawn(self._free(replica.ref, retention=True))
 
         serving.retention = self.clock.call_later(delay, retention_ended)
 
-    async def _free(self, ref: Ref) -> None:
+    async def _free(self, ref: Ref, *, retention: bool = False) -> None:
         record = self.directory.get(ref.incarnation)
         if record is None or record.active != self.me:
             return
+        if retention and self.events is not None:
+            self.events.emit(
+                EventKind.RETENTION_EXPIRED, ref.name, CheckpointDetail(ref.incarnation)
+            )
         self.stop(ref)
         try:
             await self.directory.remove(record)
