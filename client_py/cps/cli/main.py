@@ -4,7 +4,8 @@
 
 Commands: ``nodes``, ``ls [PREFIX]``, ``status NAME``, ``sections NAME``,
 ``read NAME SECTION``, ``write NAME SECTION (VALUE | --file F)``, ``health``,
-``snapshot save FILE``, ``snapshot restore FILE --data-dir DIR`` (snapshot.py).
+``snapshot save FILE``, ``snapshot restore FILE --data-dir DIR`` (snapshot.py),
+``watch [NAME...]`` (watch.py).
 Each talks to the first node of ``--endpoints`` that answers (``health``
 asks every one). Tables for people; ``--json`` for scripts.
 
@@ -666,9 +667,10 @@ def parser() -> argparse.ArgumentParser:
     write.add_argument("--file", metavar="F", help="the new content from a file (- for stdin)")
     write.add_argument("--id-hex", action="store_true", help="SECTION is given in hex")
     command("health", cmd_health, "grpc.health.v1 status of every endpoint")
-    from . import snapshot  # snapshot save/restore: their own module (it imports this one)
+    from . import snapshot, watch  # their own modules (they import this one)
 
     snapshot.register(command)
+    watch.register(command)
     return top
 
 
