@@ -102,9 +102,10 @@ def test_watch_prints_events_and_a_notification_of_another_clients_write(
             )
         )
         notification = watcher.until("NOTIFICATION watched")
-        assert notification == "NOTIFICATION watched section=greeting OVERWRITTEN"
+        assert notification.endswith(" NOTIFICATION watched section=greeting OVERWRITTEN")
         writer.create_section(handle, b"\x00\xff", b"x")
-        assert watcher.until("NOTIFICATION") == "NOTIFICATION watched section=0x00ff CREATED"
+        created = watcher.until("NOTIFICATION")
+        assert created.endswith(" NOTIFICATION watched section=0x00ff CREATED")
         writer.stub.CheckpointClose(cpb.CheckpointCloseRequest(checkpoint_handle=handle))
     assert watcher.stop() == 0
     assert "watching" in watcher.stderr()

@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -99,18 +100,21 @@ def event_fields(event: ev.ServiceEvent) -> dict[str, Any]:
     return value
 
 
+_NOT_SHOWN = ("type", "position", "time", "kind", "checkpoint", "section_hex", "node_incarnation")
+
+
 def event_line(value: dict[str, Any]) -> str:
     head = f"{value['time']} #{value['position']} {value['kind']}"
     if value["checkpoint"]:
         head += f" {value['checkpoint']}"
     rest = []
     for key, shown in value.items():
-        if key in ("type", "position", "time", "kind", "checkpoint", "section_hex"):
-            continue
-        if shown is None or shown == []:
+        if key in _NOT_SHOWN or shown is None or shown == []:
             continue
         if isinstance(shown, list):
             shown = ",".join(shown)
+        elif key == "incarnation":
+            shown = f"{shown:x}"  # as cpsctl nodes and the server's logs
         text = str(shown)
         rest.append(f"{key}={json.dumps(text) if ' ' in text else text}")
     return " ".join([head, *rest])
@@ -222,18 +226,21 @@ class _Watch:
             self.gone(error)
 
     def _notification(self, note: t.CheckpointNotificationCallback) -> None:
+        received = datetime.now(UTC).isoformat()  # notifications carry no time
         for changed in note.changed_sections:
             section = changed.section_id.id
             change = t.SectionChange.Name(changed.change).removeprefix("SECTION_CHANGE_")
             value = {
                 "type": "notification",
+                "time": received,
                 "checkpoint": note.checkpoint_name,
                 "section": _show_id(section),
                 "section_hex": section.hex(),
                 "change": change,
             }
             self.out.emit(
-                f"NOTIFICATION {note.checkpoint_name} section={_show_id(section)} {change}",
+                f"{received} NOTIFICATION {note.checkpoint_name} "
+                f"section={_show_id(section)} {change}",
                 value,
             )
 
