@@ -169,7 +169,7 @@ class Node:
             serving=lambda: self.cluster is None or self.cluster.ready,
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(admin, authorization, self.journal.store.path), self.server
+            AdminService(admin, authorization, self.journal.store), self.server
         )
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
             EventService(self.events, self.me.name, authorization), self.server

@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,9 +16,8 @@ from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.sessions import Session
 from cps.server.core.types import OpenFlag
 from cps.server.service.admin import Admin, CheckpointView, NodeView, Source
+from cps.server.service.ports import Snapshots
 from cps.server.status import to_status
-from cps.server.storage import snapshot
-from cps.server.storage.sqlite_store import SCHEMA_VERSION, StoreError
 from cps.v1 import admin_service_pb2 as pb
 from cps.v1 import admin_service_pb2_grpc as pb_grpc
 from cps.v1 import types_pb2 as t
@@ -56,12 +54,12 @@ class AdminService(pb_grpc.AdminServiceServicer):
         self,
         admin: Admin,
         authorization: Authorization | None = None,
-        store: Path | None = None,
+        snapshots: Snapshots | None = None,
     ) -> None:
         self.admin = admin
         self.authorization = authorization
-        # The node's SQLite file (SnapshotSave); None: this node has none.
-        self.store = store
+        # The node's store (SnapshotSave); None: this node has none.
+        self.snapshots = snapshots
 
     def _readable(self, who: str, name: str) -> bool:
         return self.authorization is None or self.authorization.allows(
@@ -139,13 +137,14 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 for kind in (Kind.SERVER, Kind.LIBRARY):
                     # Only a grant on the prefix "" matches the name "".
                     self.authorization.check(who, kind, "", Access.READ)
-            if self.store is None:
+            snapshots = self.snapshots
+            if snapshots is None:
                 raise CkptError(ErrorCode.NOT_EXIST, "this node keeps no store")
             try:
-                copy = await asyncio.to_thread(snapshot.take, self.store)
-            except StoreError as error:
-                log.error("snapshot failed: %s", error)
-                raise CkptError(ErrorCode.INTERNAL, str(error)) from error
+                copy = await asyncio.to_thread(snapshots.snapshot)
+            except Exception as error:  # the disk, not the caller
+                log.error("snapshot failed", exc_info=True)
+                raise CkptError(ErrorCode.INTERNAL, f"no snapshot: {error}") from error
         except CkptError as error:
             await context.abort_with_status(to_status(error))
             return
@@ -157,7 +156,7 @@ class AdminService(pb_grpc.AdminServiceServicer):
                 info=pb.SnapshotInfo(
                     size=size,
                     node=self.admin.me.name,
-                    schema_version=SCHEMA_VERSION,
+                    schema_version=snapshots.schema_version,
                     version=self.admin.version,
                 )
             )

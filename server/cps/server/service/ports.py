@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from cps.server.core.calls import Call
 from cps.server.core.directory import Member, MemberStatus, Record
@@ -153,6 +153,18 @@ class Persistence(Protocol):
 
     def after_durable(self, action: Callable[[], None]) -> None:
         """Run ``action`` once everything recorded so far is stored, in order."""
+        ...
+
+
+class Snapshots(Protocol):
+    """Consistent copies of this node's store (storage/sqlite_store.py)."""
+
+    schema_version: int
+
+    def snapshot(self) -> BinaryIO:
+        """A copy of the store as of one moment, open at its start (it has no
+        name: it goes when it is closed); blocking, call it off the loop. An
+        exception: the copy could not be made."""
         ...
 
 

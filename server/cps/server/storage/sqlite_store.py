@@ -10,7 +10,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 SCHEMA_VERSION = 2
 # Schema 1 kept times as REAL seconds; 2 keeps exact integer nanoseconds.
@@ -68,6 +68,8 @@ class StoreError(Exception):
 
 
 class SqliteStore:
+    schema_version = SCHEMA_VERSION
+
     def __init__(self, connection: sqlite3.Connection, path: Path, lock: int) -> None:
         self.connection = connection
         self.path = path
@@ -188,6 +190,13 @@ class SqliteStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def snapshot(self) -> BinaryIO:
+        """A consistent copy of the file (service.ports.Snapshots), through a
+        connection of its own: any thread, never the storage thread's."""
+        from .snapshot import take
+
+        return take(self.path)
 
     def close(self) -> None:
         self.connection.close()
