@@ -5,19 +5,23 @@ lost."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import grpc
 import pytest
 
 from cps.server.node import Node
+from cps.server.storage.sqlite_store import Statement
 from cps.v1 import checkpoint_service_pb2 as cpb
 from cps.v1 import event_service_pb2 as pb
 from cps.v1 import event_service_pb2_grpc as pb_grpc
 from cps.v1 import types_pb2 as t
-from tests.support import Client, attributes, running_node
+from tests.certs import Authority
+from tests.support import Client, attributes, running_node, sid
 
 BACKLOG = 50
 
@@ -292,3 +296,76 @@ def test_the_service_is_visible_through_reflection(node: Node) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{node.port}") as channel:
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert "cps.v1.EventService" in services
+
+
+def test_a_failed_commit_is_reported() -> None:
+    with running_node() as node, grpc.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        client = Client(channel)
+        handle = client.open("ev-disk")
+        client.create_section(handle, b"a", b"before")
+        start = newest(node)
+        store = node.journal.store
+        real_apply = store.apply
+        failures = [sqlite3.OperationalError("disk I/O error")]
+
+        def apply_failing(statements: Sequence[Statement]) -> None:
+            if failures:
+                raise failures.pop()
+            real_apply(statements)
+
+        store.apply = apply_failing  # type: ignore[method-assign]
+        with pytest.raises(grpc.RpcError):
+            client.stub.SectionOverwrite(
+                cpb.SectionOverwriteRequest(
+                    checkpoint_handle=handle, section_id=sid(b"a"), data_buffer=b"during"
+                )
+            )
+        _, got = collect(
+            pb_grpc.EventServiceStub(channel),
+            pb.WatchRequest(after_position=start, kinds=[pb.EVENT_KIND_STORAGE_FAILED]),
+            1,
+        )
+        (failed,) = got
+        assert "disk I/O error" in failed.storage_event.error
+        assert list(failed.storage_event.checkpoint_names) == ["ev-disk"]
+
+
+TABLE = """
+[roles.app]
+server = [{ prefix = "app/", permission = "readwrite" }]
+
+[roles.other]
+server = [{ prefix = "other/", permission = "readwrite" }]
+
+[roles.reader]
+server = [{ prefix = "app/", permission = "read" }]
+
+[identities]
+"CN=app" = ["app"]
+"CN=other" = ["other"]
+"CN=reader" = ["reader"]
+"""
+
+
+def test_with_an_authorization_table_a_caller_sees_only_what_it_may_read(
+    tmp_path: Path,
+) -> None:
+    servers, clients = Authority(tmp_path, "servers"), Authority(tmp_path, "clients")
+    node_pair = servers.issue("node")
+    pairs = {name: clients.issue(name) for name in ("app", "other", "reader")}
+    table = tmp_path / "auth.toml"
+    table.write_text(TABLE)
+    flags = ("--tls-cert", str(node_pair.cert), "--tls-key", str(node_pair.key))
+    with running_node(*flags, "--client-ca", str(clients.path), "--auth-file", str(table)) as node:
+
+        def channel(name: str) -> grpc.Channel:
+            credentials = grpc.ssl_channel_credentials(
+                servers.path.read_bytes(), *pairs[name].read()
+            )
+            return grpc.secure_channel(f"127.0.0.1:{node.port}", credentials)
+
+        with channel("app") as app, channel("other") as other, channel("reader") as reader:
+            Client(other).open("other/hidden")
+            Client(app).open("app/shown")
+            _, got = collect(pb_grpc.EventServiceStub(reader), pb.WatchRequest(), 2, timeout=2)
+    assert [e.checkpoint_name for e in got] == ["app/shown"]

@@ -69,7 +69,7 @@ def wire_events(node: Node) -> EventLog:
         log.emit(
             EventKind.STORAGE_FAILED,
             "",
-            StorageDetail("a commit to the store failed; memory reloaded from it", names),
+            StorageDetail(f"a commit to the store failed: {node.journal.last_error}", names),
         )
         if rollback is not None:
             rollback(server, library)

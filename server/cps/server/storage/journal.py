@@ -53,6 +53,7 @@ class Journal:
         self.library = library
         self.server: ServerView = {}
         self.on_rollback: Rollback | None = None
+        self.last_error = ""  # of the last failed commit, for on_rollback (service events)
         self._dirty: dict[Key, None] = {}
         self._waiters: list[asyncio.Future[None]] = []
         # Run after the commit of what is dirty now (or, when nothing is, after
@@ -152,6 +153,7 @@ class Journal:
         failure = StorageFailed(
             f"the node could not store the change (nothing was written): {error}"
         )
+        self.last_error = str(error)
         for waiter in waiters + self._waiters:
             if not waiter.done():
                 waiter.set_exception(failure)
