@@ -82,3 +82,22 @@ def test_watch_on_a_survivor_shows_the_kill_of_an_active(
     assert after["active"] == backup and after["epoch"] == changed["epoch"]
     for watcher in (as_lines, as_objects):
         assert watcher.stop() == 0
+
+
+def test_a_paused_node_reports_its_lease_lost_and_the_others_see_it_leave_and_return(
+    cluster: CpsCluster, watchers: list[Watcher]
+) -> None:
+    _a, b, c = cluster.nodes
+    on_b = Watcher(b.address, "--json", "--kind", "node_left", "--kind", "node_joined")
+    watchers.append(on_b)
+    c.pause()  # SIGSTOP past the lease TTL
+    left = _json_until(on_b, kind="NODE_LEFT", node="n2")
+    c.cont()
+    back = _json_until(on_b, kind="NODE_JOINED", node="n2")
+    assert back["incarnation"] == left["incarnation"]  # the same run, a new lease
+    c.wait_serving()
+    on_c = Watcher(c.address, "--json", "--kind", "lease_lost")
+    watchers.append(on_c)
+    lost = _json_until(on_c, kind="LEASE_LOST", node="n2")
+    assert lost["incarnation"] == left["incarnation"]
+    assert on_c.stop() == 0 and on_b.stop() == 0
