@@ -2,7 +2,9 @@
 3-member etcd) while the active of a checkpoint is killed with kill -9: the
 output shows the node leaving and the checkpoint's active replica changing
 to the backup at the next epoch, as a failover, and the dead node's replica
-lost; the checkpoint's creation and its backup's placement show before."""
+lost; the checkpoint's creation and its backup's placement show before. A
+node paused past its lease reports LEASE_LOST in its own feed, and the
+others see it leave and come back."""
 
 from __future__ import annotations
 
