@@ -13,7 +13,6 @@ grpc.StatusCode, the reason one of the seed's errors (else OTHER).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,6 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from cps.server.api.behaviours import answer, responses
 from cps.server.core.errors import ErrorCode
 from cps.server.metrics import ServerMetrics
 from cps.server.status import ERROR_DOMAIN
@@ -103,23 +103,6 @@ def _code(context: Context, error: BaseException | None) -> grpc.StatusCode:
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
 
 
-async def _responses(result: Any) -> AsyncIterator[Any]:
-    """What a streaming behaviour answers, whichever way it is written: an
-    async generator, a coroutine writing through the context, an iterator."""
-    if hasattr(result, "__aiter__"):
-        async for response in result:
-            yield response
-    elif inspect.isawaitable(result):
-        await result
-    else:
-        for response in result:
-            yield response
-
-
-async def _answer(result: Any) -> Any:
-    return await result if inspect.isawaitable(result) else result
-
-
 def _observed(method: _Method, handler: Handler) -> Handler:
     if handler.response_streaming:
         inner_stream = handler.stream_stream if handler.request_streaming else handler.unary_stream
@@ -127,7 +110,7 @@ def _observed(method: _Method, handler: Handler) -> Handler:
         async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
             began = method.begin()
             try:
-                async for response in _responses(inner_stream(request, context)):
+                async for response in responses(inner_stream(request, context)):
                     yield response
             except BaseException as error:
                 method.end(began, context, error)
@@ -141,7 +124,7 @@ def _observed(method: _Method, handler: Handler) -> Handler:
     async def single(request: Any, context: Context) -> Any:
         began = method.begin()
         try:
-            response = await _answer(inner(request, context))
+            response = await answer(inner(request, context))
         except BaseException as error:
             method.end(began, context, error)
             raise

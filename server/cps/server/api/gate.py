@@ -11,7 +11,6 @@ call. Streamed requests are checked message by message.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from cps.server.api.behaviours import answer, responses
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.status import to_status
 
@@ -77,23 +77,6 @@ async def _checked(
         yield request
 
 
-async def _responses(result: Any) -> AsyncIterator[Any]:
-    """What a streaming behaviour answers, whichever way it is written: an
-    async generator, a coroutine writing through the context, an iterator."""
-    if hasattr(result, "__aiter__"):
-        async for response in result:
-            yield response
-    elif inspect.isawaitable(result):
-        await result
-    else:
-        for response in result:
-            yield response
-
-
-async def _answer(result: Any) -> Any:
-    return await result if inspect.isawaitable(result) else result
-
-
 def _guard(method: str, handler: Handler) -> Handler:
     """The handler with a decoder that never raises and a behaviour that
     refuses what did not decode."""
@@ -104,14 +87,14 @@ def _guard(method: str, handler: Handler) -> Handler:
 
             async def stream_stream(requests: AsyncIterator[Any], context: Context) -> Any:
                 checked = _checked(method, requests, context)
-                async for response in _responses(inner_stream(checked, context)):
+                async for response in responses(inner_stream(checked, context)):
                     yield response
 
             behaviours: dict[str, Any] = {"stream_stream": stream_stream}
         else:
 
             async def stream_unary(requests: AsyncIterator[Any], context: Context) -> Any:
-                return await _answer(inner_stream(_checked(method, requests, context), context))
+                return await answer(inner_stream(_checked(method, requests, context), context))
 
             behaviours = {"stream_unary": stream_unary}
     elif handler.response_streaming:
@@ -121,7 +104,7 @@ def _guard(method: str, handler: Handler) -> Handler:
             if isinstance(request, Undecodable):
                 await _refuse(method, request, context)
                 return
-            async for response in _responses(inner_unary_stream(request, context)):
+            async for response in responses(inner_unary_stream(request, context)):
                 yield response
 
         behaviours = {"unary_stream": unary_stream}
@@ -131,7 +114,7 @@ def _guard(method: str, handler: Handler) -> Handler:
         async def unary_unary(request: Any, context: Context) -> Any:
             if isinstance(request, Undecodable):
                 await _refuse(method, request, context)
-            return await _answer(inner_unary(request, context))
+            return await answer(inner_unary(request, context))
 
         behaviours = {"unary_unary": unary_unary}
     return handler._replace(
