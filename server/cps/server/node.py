@@ -149,7 +149,6 @@ class Node:
             self._load_store()
         else:
             restore_library(self.journal.store, self.library)
-            self.library.recount()
             self.cluster.wire(self)
         self.events = wire_events(self)  # the service-event feed (EventService)
         self.health = health.aio.HealthServicer()
@@ -226,7 +225,6 @@ class Node:
 
     def _load_store(self) -> None:
         restore_library(self.journal.store, self.library)
-        self.library.recount()
         if not self.settings.persist_server_checkpoints:
             return
         loaded = load_replicas(self.journal.store, self.me.name, self.clock.now())
@@ -250,7 +248,6 @@ class Node:
         store = self.journal.store
         if library:
             restore_library(store, self.library, library)
-            self.library.recount()
         fresh = {
             replica.ref.name: replica
             for replica in load_replicas(store, self.me.name, self.clock.now(), server)

@@ -177,7 +177,8 @@ def restore_library(
     store: SqliteStore, library: LibraryManager, names: set[str] | None = None
 ) -> None:
     """Load the stored library checkpoints (only ``names``, if given,
-    replacing what memory holds of them)."""
+    replacing what memory holds of them), and count what the library holds
+    again."""
     checkpoints = library.checkpoints
     if names is not None:
         for name in names:
@@ -191,6 +192,7 @@ def restore_library(
     for name, dataset_id, element_id, data in store.load("element", "element_id"):
         if names is None or name in names:
             checkpoints[name].datasets[dataset_id].elements[element_id] = data
+    library.recount()  # what they hold counts against the node's limits
 
 
 def load_replicas(
