@@ -4,7 +4,6 @@ sections, and sessions that only their owner sees."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -17,17 +16,7 @@ from cps.v1 import types_pb2 as t
 from tests.certs import Authority
 from tests.support import RW, Client, attributes, running_node, seed_error
 
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[Node]:
-    with running_node() as running:
-        yield running
-
-
-@pytest.fixture()
-def channel(node: Node) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{node.port}") as opened:
-        yield opened
+# node and channel: tests/conftest.py
 
 
 @pytest.fixture()

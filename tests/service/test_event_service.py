@@ -32,10 +32,7 @@ def node() -> Iterator[Node]:
         yield running
 
 
-@pytest.fixture()
-def channel(node: Node) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{node.port}") as opened:
-        yield opened
+# channel: tests/conftest.py (on this module's node)
 
 
 @pytest.fixture()
