@@ -1,13 +1,19 @@
-"""Server CPU time per SectionOverwrite: a trivial protobuf server against CPS
-in memory and CPS persistent, side by side (the "where does the time go" of
-bench/PROFILE.md). Run: python -m bench.request_path [--seconds 4]"""
+"""Server CPU time per SectionOverwrite, side by side: a protobuf handler that
+only returns, CPS in memory, CPS persistent (the default), optionally with
+py-spy on each server during the measured window (bench/PROFILE.md).
+
+Run: python -m bench.request_path [--inflight 1 64] [--seconds 4]
+     [--only cps] [--py-spy DIR] [--extra-args "--sync normal"]
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
+import collections
+import shlex
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,32 +22,31 @@ from pathlib import Path
 
 import grpc
 
+from bench.cpu import tree_seconds
 from cps.v1 import checkpoint_service_pb2 as pb
 from cps.v1 import checkpoint_service_pb2_grpc as rpc
 from cps.v1 import types_pb2 as t
 
-INFLIGHT, CHANNELS, PAYLOAD = 64, 4, b"y" * 1024
+PAYLOAD = b"y" * 1024
 SERVER = str(Path(sys.executable).parent / "cps-server")
+PY_SPY = str(Path(sys.executable).parent / "py-spy")
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def drive(address: str, seconds: float, *, create: bool) -> int:
-    """Overwrite for ``seconds``; ``create``: set up the checkpoint first."""
+async def drive(address: str, inflight: int, seconds: float, *, create: bool) -> list[float]:
+    """Overwrite for ``seconds`` with ``inflight`` workers; the latencies.
+    ``create``: set up the checkpoint and its sections first."""
+    count = max(1, inflight // 16)
     channels = [
         grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-        for _ in range(CHANNELS)
+        for _ in range(count)
     ]
     stubs = [rpc.CheckpointServiceStub(channel) for channel in channels]
     version = t.Version(release_code="B", major_version=1)
     session = (await stubs[0].Initialize(pb.InitializeRequest(version=version))).service_handle
     attributes = t.CheckpointCreationAttributes(
         creation_flags=[t.CREATION_FLAG_WR_ACTIVE_REPLICA],
-        checkpoint_size=INFLIGHT * len(PAYLOAD),
-        max_sections=INFLIGHT,
+        checkpoint_size=64 * len(PAYLOAD),
+        max_sections=64,
         max_section_size=len(PAYLOAD),
         max_section_id_size=8,
         retention_duration=t.RetentionDuration(forever=True),
@@ -55,7 +60,7 @@ async def drive(address: str, seconds: float, *, create: bool) -> int:
         )
     )
     handle = opened.checkpoint_handle
-    for index in range(INFLIGHT if create else 0):
+    for index in range(64 if create else 0):
         await stubs[0].SectionCreate(
             pb.SectionCreateRequest(
                 checkpoint_handle=handle,
@@ -64,70 +69,114 @@ async def drive(address: str, seconds: float, *, create: bool) -> int:
                 ),
             )
         )
-    done = 0
+    latencies: list[float] = []
     end = time.monotonic() + seconds
 
     async def worker(index: int) -> None:
-        nonlocal done
-        stub = stubs[index % CHANNELS]
+        stub = stubs[index % count]
         request = pb.SectionOverwriteRequest(
             checkpoint_handle=handle, section_id=t.SectionId(id=b"s%d" % index), data_buffer=PAYLOAD
         )
-        while time.monotonic() < end:
+        while (start := time.monotonic()) < end:
             await stub.SectionOverwrite(request)
-            done += 1
+            latencies.append(time.monotonic() - start)
 
-    await asyncio.gather(*(worker(index) for index in range(INFLIGHT)))
+    await asyncio.gather(*(worker(index) for index in range(inflight)))
     for channel in channels:
         await channel.close()
-    return done
+    return latencies
 
 
-def measure(label: str, command: list[str], seconds: float) -> None:
+def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    address = f"127.0.0.1:{port}"
+        return int(probe.getsockname()[1])
+
+
+def measure(
+    label: str, command: list[str], inflight: int, seconds: float, spy: Path | None
+) -> None:
+    address = f"127.0.0.1:{_free_port()}"
     server = subprocess.Popen([*command, "--listen", address], stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.5)
-        asyncio.run(drive(address, 0.5, create=True))  # set up and warm up
-        before = cpu_seconds(server.pid)
-        calls = asyncio.run(drive(address, seconds, create=False))
-        used = cpu_seconds(server.pid) - before
+        asyncio.run(drive(address, inflight, 0.5, create=True))  # set up and warm up
+        recorder = None
+        if spy is not None:
+            out = spy / f"{label.replace(' ', '_')}-{inflight}.txt"
+            recorder = subprocess.Popen(
+                [PY_SPY, "record", "-p", str(server.pid), "-d", str(int(seconds)), "-r", "250"]
+                + ["-f", "raw", "-o", str(out), "--nonblocking", "--threads"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        before = tree_seconds(server.pid)
+        latencies = asyncio.run(drive(address, inflight, seconds, create=False))
+        used = tree_seconds(server.pid) - before
+        if recorder is not None:
+            recorder.wait(timeout=seconds + 30)
     finally:
         server.terminate()
         server.wait(timeout=15)
-    print(f"{label:28} {calls / seconds:8,.0f} ops/s {used / calls * 1e6:6.0f} server µs/op")
+    calls = len(latencies)
+    p50 = statistics.median(latencies) * 1e3
+    print(
+        f"{label:26} in-flight {inflight:3}: {calls / seconds:8,.0f} ops/s "
+        f"p50 {p50:6.3f} ms {used / calls * 1e6:6.0f} server µs/op",
+        flush=True,
+    )
+
+
+def summarise(path: Path, top: int = 30) -> str:
+    """Self and inclusive shares of a py-spy raw (collapsed) profile."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        own[frames[-1]] += samples
+        for frame in set(frames):
+            inclusive[frame] += samples
+    lines = [f"{path.name}: {total} samples", "-- self"]
+    lines += [f"{100 * n / total:5.1f}% {f[:140]}" for f, n in own.most_common(top)]
+    lines += ["-- inclusive"]
+    lines += [f"{100 * n / total:5.1f}% {f[:140]}" for f, n in inclusive.most_common(top)]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0)
-    seconds = parser.parse_args().seconds
-    print(f"SectionOverwrite 1 KiB, {INFLIGHT} in flight over {CHANNELS} channels")
-    with (
-        tempfile.TemporaryDirectory(dir="/dev/shm") as memory,
-        tempfile.TemporaryDirectory(dir="/dev/shm") as stored,
-    ):
-        measure("protobuf handler, no CPS", [sys.executable, "-m", "bench.min_server"], seconds)
-        measure(
-            "CPS, in memory",
-            [
-                SERVER,
-                "--data-dir",
-                memory,
-                "--no-persist-server-checkpoints",
-                "--log-level",
-                "warning",
-            ],
-            seconds,
-        )
-        measure(
-            "CPS, persistent (tmpfs)",
-            [SERVER, "--data-dir", stored, "--log-level", "warning"],
-            seconds,
-        )
+    parser.add_argument("--inflight", type=int, nargs="+", default=[64])
+    parser.add_argument("--only", nargs="+", choices=["handler", "cps-mem", "cps"])
+    parser.add_argument("--py-spy", type=Path, help="record raw py-spy stacks into DIR")
+    parser.add_argument("--extra-args", default="", help="more cps-server options")
+    args = parser.parse_args()
+    extra = shlex.split(args.extra_args)
+    print(f"SectionOverwrite 1 KiB; one channel per 16 in flight; cps-server {extra}")
+    if args.py_spy:
+        args.py_spy.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as scratch:
+        targets = {
+            "handler": [sys.executable, "-m", "bench.min_server"],
+            "cps-mem": [SERVER, "--no-persist-server-checkpoints", "--log-level", "warning"],
+            "cps": [SERVER, "--log-level", "warning", *extra],
+        }
+        for inflight in args.inflight:
+            for index, (label, command) in enumerate(targets.items()):
+                if args.only and label not in args.only:
+                    continue
+                if label != "handler":
+                    command = [*command, "--data-dir", f"{scratch}/{label}-{inflight}-{index}"]
+                measure(label, command, inflight, args.seconds, args.py_spy)
+    if args.py_spy:
+        for path in sorted(args.py_spy.glob("*.txt")):
+            print(summarise(path))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,15 @@
 """Group commit: what changed, committed in batches, all or nothing.
 
 Calls that change stored state say what they changed (server checkpoints:
-``stored``; library checkpoints: ``mark``), then await ``durable()``. One
-batch is in flight at a time; everything changed while it commits forms
-the next, so concurrent writers share one transaction and one fsync.
+``stored``; library checkpoints: ``mark``), then await ``durable()``.
+Everything changed in one pass of the event loop forms one batch, so
+concurrent writers share one transaction and one fsync.
+
+The commit runs on the event loop's thread, once per loop pass that
+changed something: a hand-off to a storage thread and back cost more than
+the commit itself (two cross-CPU wake-ups per batch, bench/PROFILE.md).
+SQLite lets go of the GIL while it writes and syncs, so grpc's own threads
+keep taking requests meanwhile; they join the next batch.
 
 A batch that fails to commit fails its callers, and the ones after it, and
 the checkpoints they changed are loaded again from the store: an error
@@ -15,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from cps.server.core import operations as op
 from cps.server.core.changelog import Key
@@ -59,9 +64,7 @@ class Journal:
         # Run after the commit of what is dirty now (or, when nothing is, after
         # the batch in flight), in order.
         self._after: list[Callable[[], None]] = []
-        self._flushing = False
-        # The connection is used from this one thread only.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cps-sqlite")
+        self._scheduled = False
         self.batches = 0  # committed
 
     # -- server checkpoints (service.ports.Persistence) ------------------------
@@ -95,14 +98,15 @@ class Journal:
 
     def mark(self, key: Key, *, synchronous: bool = False) -> None:
         self._dirty[key] = None
-        if not self._flushing:
+        if not self._scheduled:
             # Commit even when no caller waits (timers expire sections and
-            # checkpoints too); the task runs once the current call is done.
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            # checkpoints too), after the calls that are ready now: they
+            # share the transaction.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._commit)
 
     def after_durable(self, action: Callable[[], None]) -> None:
-        if self._dirty or self._flushing:
+        if self._dirty:
             self._after.append(action)
         else:
             action()
@@ -116,32 +120,24 @@ class Journal:
         self._waiters.append(future)
         return future
 
-    async def _flush(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _commit(self) -> None:
+        self._scheduled = False
+        if not self._dirty:
+            return
+        keys, self._dirty = list(self._dirty), {}
+        waiters, self._waiters = self._waiters, []
+        after, self._after = self._after, []
         try:
-            while self._dirty:
-                keys, self._dirty = list(self._dirty), {}
-                waiters, self._waiters = self._waiters, []
-                after, self._after = self._after, []
-                try:
-                    statements = self._statements(keys)
-                    await loop.run_in_executor(self._executor, self.store.apply, statements)
-                except Exception as error:  # the disk, not the caller
-                    log.error("storage commit failed", exc_info=True)
-                    self._roll_back(keys, waiters, error)
-                    break
-                self.batches += 1
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(None)
-                _run(after)
-            else:
-                # Nothing left to commit: callbacks that only waited for the
-                # batch in flight (to keep their order) may go now.
-                after, self._after = self._after, []
-                _run(after)
-        finally:
-            self._flushing = False
+            self.store.apply(self._statements(keys))
+        except Exception as error:  # the disk, not the caller
+            log.error("storage commit failed", exc_info=True)
+            self._roll_back(keys, waiters, error)
+            return
+        self.batches += 1
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        _run(after)
 
     def _roll_back(
         self, keys: list[Key], waiters: list[asyncio.Future[None]], error: Exception
@@ -171,7 +167,5 @@ class Journal:
         return statements
 
     async def close(self) -> None:
-        while self._flushing:
-            await asyncio.sleep(0.01)
-        self._executor.shutdown(wait=True)
+        self._commit()  # what a timer changed last
         self.store.close()

@@ -1,6 +1,6 @@
 """The SQLite file of a node: schema, validation, load, and atomic batches.
 
-Only the storage thread touches the connection (see journal.py).
+Only the event loop's thread touches the connection (see journal.py).
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ class SqliteStore:
 
     def snapshot(self) -> BinaryIO:
         """A consistent copy of the file (service.ports.Snapshots), through a
-        connection of its own: any thread, never the storage thread's."""
+        connection of its own, from any thread."""
         from .snapshot import take
 
         return take(self.path)
