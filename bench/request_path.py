@@ -104,9 +104,9 @@ def measure(
         recorder = None
         if spy is not None:
             out = spy / f"{label.replace(' ', '_')}-{inflight}.txt"
+            record = ["record", "-p", str(server.pid), "-d", str(int(seconds)), "-r", "250"]
             recorder = subprocess.Popen(
-                [PY_SPY, "record", "-p", str(server.pid), "-d", str(int(seconds)), "-r", "250"]
-                + ["-f", "raw", "-o", str(out), "--nonblocking", "--threads"],
+                [PY_SPY, *record, "-f", "raw", "-o", str(out), "--nonblocking", "--threads"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
