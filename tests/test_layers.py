@@ -30,7 +30,10 @@ ALLOWED: dict[str, set[str]] = {
     "logs": set(),
     "config": {"core"},
     "security": {"config"},
-    "main": {"config", "logs", "node", "storage"},
+    "main": {"config", "logs", "node", "storage", "workers"},
+    # The supervisor of a node of several workers: it locks the node's data
+    # directory as a store does, and starts the workers (main.py runs them).
+    "workers": {"config", "logs", "storage"},
     "node": {"*"},
     "node_events": {"*"},
     "cluster_parts": {"*"},

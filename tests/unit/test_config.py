@@ -92,11 +92,11 @@ def test_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
 
 
 def test_config_flag_beats_config_env(tmp_path: Path) -> None:
-    by_env = write(tmp_path / "env.toml", "workers = 2\n")
-    by_flag = write(tmp_path / "flag.toml", "workers = 3\n")
+    by_env = write(tmp_path / "env.toml", "[cluster]\nreplicas = 4\n")
+    by_flag = write(tmp_path / "flag.toml", "[cluster]\nreplicas = 3\n")
     settings = parse(["--config", str(by_flag)], {"CPS_CONFIG": str(by_env)})
-    assert settings.workers == 3
-    assert parse(["--config", ""], {"CPS_CONFIG": str(by_env)}).workers == 1
+    assert settings.replicas == 3
+    assert parse(["--config", ""], {"CPS_CONFIG": str(by_env)}).replicas == 2
 
 
 def test_env_values(tmp_path: Path) -> None:
@@ -448,7 +448,7 @@ def test_documented_example_names_every_setting(tmp_path: Path) -> None:
 def test_declaration_matches_settings() -> None:
     settings_fields = {field.name for field in dataclasses.fields(Settings)}
     declared = {option.name for option in config.OPTIONS}
-    assert settings_fields == declared | {"limits", "authorization"}
+    assert settings_fields == declared | {"limits", "authorization", "worker"}
     limits = {option.name for option in config.LIMIT_OPTIONS}
     assert limits == {field.name for field in dataclasses.fields(Limits)}
     assert not limits & settings_fields

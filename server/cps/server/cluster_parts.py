@@ -50,7 +50,13 @@ class ClusterParts:
         self.peers = peer_credentials(settings)
         self.etcd = Etcd(settings.etcd_endpoints, credentials=etcd_credentials(settings))
         self.membership = Membership(
-            self.etcd, keys, node.me, node.advertise, _version(), settings.lease_ttl_seconds
+            self.etcd,
+            keys,
+            node.me,
+            node.advertise,
+            _version(),
+            settings.lease_ttl_seconds,
+            host=node.host,
         )
         self.directory = EtcdDirectory(self.etcd, keys, self.membership, settings.replicas)
         secret = () if self.peers.secret is None else ((SECRET_HEADER, self.peers.secret.decode()),)

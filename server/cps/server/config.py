@@ -15,6 +15,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,20 @@ ENV_PREFIX = "CPS_"
 CONFIG_ENV = "CPS_CONFIG"
 # gRPC message sizes are C ints.
 MAX_GRPC_MESSAGE = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """What makes a process one worker of a node of several (``--workers``
+    N > 1). Set by the supervisor (cps.server.workers), never by a flag."""
+
+    index: int
+    # The node's name: the host label of each of its workers' members, so
+    # that placement never puts two replicas of a checkpoint on one node.
+    host: str
+    # This worker's own address (the node's port + 1 + index), beside the
+    # node's address it shares with its siblings.
+    listen: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +82,8 @@ class Settings:
     auth_file: Path | None
     # The table of auth_file, read and checked once at start (None: no file).
     authorization: Authorization | None = None
+    # Set in a worker process of a node of several (None: the node is one process).
+    worker: WorkerRole | None = None
 
 
 class ConfigError(ValueError):
@@ -222,6 +239,22 @@ def split_address(text: str) -> tuple[str, int]:
     return host, port
 
 
+def join_address(host: str, port: int) -> str:
+    """HOST:PORT, the host in brackets when it is an IPv6 address (as
+    split_address returns it, without them)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def advertise_of(listen: str, port: int) -> str:
+    """The address a node advertises when --advertise is empty: the host of
+    ``listen`` (this machine's name for a wildcard host) and ``port``, the
+    port it got."""
+    host = listen.rpartition(":")[0]
+    if host in ("", "0.0.0.0", "[::]", "::"):
+        host = socket.gethostname()
+    return f"{host}:{port}"
+
+
 def _address(*, optional: bool = False, port_zero: bool = True) -> Check:
     def check(value: str) -> str | None:
         if optional and value == "":
@@ -292,8 +325,6 @@ def _path(name: str, meaning: str) -> Option:
 
 # --- the settings ----------------------------------------------------------
 
-_NOT_USED = " (not used yet)"
-
 OPTIONS: tuple[Option, ...] = (
     Option(
         "listen",
@@ -362,7 +393,8 @@ OPTIONS: tuple[Option, ...] = (
         "workers",
         "int",
         1,
-        "worker processes of this node" + _NOT_USED,
+        "worker processes of this node, one per core (more than 1 needs etcd_endpoints "
+        "and a fixed port: worker i also listens on port + 1 + i; docs/workers.md)",
         "server",
         metavar="N",
         check=_at_least(1),
@@ -831,6 +863,41 @@ def _cross_checks(values: Mapping[str, Any], sources: Mapping[str, str]) -> list
     needs("auth_file", "client_ca")
     if values.get("etcd_endpoints"):
         problems += _peer_checks(values)
+    workers = values.get("workers", 1)
+    if workers > 1:
+        problems += _worker_checks(values, sources)
+    return problems
+
+
+def _worker_checks(values: Mapping[str, Any], sources: Mapping[str, str]) -> list[str]:
+    """A node of several workers (docs/workers.md): a cluster node (the
+    workers share the directory etcd holds) with room for the workers' own
+    ports after its own."""
+    workers = values["workers"]
+    given = f"workers = {workers} (from {sources['workers']})"
+    problems = []
+    if not values.get("etcd_endpoints"):
+        problems.append(
+            f"{given} needs etcd_endpoints: a node without etcd keeps its directory of "
+            "checkpoints in the memory of its one process, so it runs a single worker; "
+            "workers share the directory a cluster keeps in etcd (--etcd-endpoints)"
+        )
+    ports = (("listen", workers), ("advertise", workers), ("metrics_listen", workers - 1))
+    for name, after in ports:
+        value = values.get(name)
+        if not value:
+            continue
+        _, port = split_address(value)
+        if port == 0 and name == "listen":
+            problems.append(
+                f"{given} needs a fixed port in listen = {value!r} (from {sources[name]}): "
+                "worker i also listens on that port + 1 + i"
+            )
+        elif port + after > 65535:
+            problems.append(
+                f"{given}: {name} = {value!r} (from {sources[name]}) leaves no room for the "
+                f"workers' ports (up to {port} + {after}, past 65535)"
+            )
     return problems
 
 

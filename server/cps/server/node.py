@@ -8,8 +8,8 @@ import asyncio
 import logging
 import secrets
 import signal
-import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -34,7 +34,7 @@ from .api.event_service import EventService
 from .api.gate import RequestGate
 from .api.library_service import LibraryCheckpointService
 from .cluster.solo import NoForwarder, NoReplication, SoloDirectory
-from .config import Settings, split_address, version
+from .config import Settings, advertise_of, split_address, version
 from .core.directory import Member
 from .core.library import LibraryManager
 from .core.replica import Changes, Ref
@@ -86,19 +86,17 @@ class Node:
         limits = settings.limits
         self.clock = LoopClock()
         self.metrics = ServerMetrics(version())
-        self.server = _grpc_server(settings, self.metrics)
-        credentials = server_credentials(settings)
-        try:
-            if credentials is None:
-                self.port = self.server.add_insecure_port(settings.listen)
-            else:
-                self.port = self.server.add_secure_port(settings.listen, credentials)
-        except RuntimeError:  # grpc's "Failed to bind": the address is taken
-            self.port = 0
-        if self.port == 0:
-            raise OSError(f"cannot listen on {settings.listen}: the address is in use or not ours")
-        self.advertise = settings.advertise or _advertise(settings.listen, self.port)
+        worker = settings.worker
+        self.server = _grpc_server(settings, self.metrics, share_port=worker is not None)
+        self.port = self._listen(settings.listen)
+        # A worker of a node of several (docs/workers.md) also listens on an
+        # address of its own, the one it advertises: peers and forwarded
+        # calls must reach this very worker, not any that shares the port.
+        self.own_port = 0 if worker is None else self._listen(worker.listen)
+        self.advertise = settings.advertise or advertise_of(settings.listen, self.port)
         self.me = Member(settings.node_name or self.advertise, secrets.randbits(63))
+        # Placement puts at most one replica of a checkpoint per host.
+        self.host = self.me.name if worker is None else worker.host
         store = SqliteStore.open(settings.data_dir, settings.sync)
         # Library and server checkpoints share max_checkpoints and
         # max_reserved_bytes: each sees what the other holds.
@@ -190,6 +188,20 @@ class Node:
         self.metrics_port = 0
         self.metrics.registry.register(NodeCollector(self))
 
+    def _listen(self, address: str) -> int:
+        credentials = server_credentials(self.settings)
+        port: int
+        try:
+            if credentials is None:
+                port = self.server.add_insecure_port(address)
+            else:
+                port = self.server.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc's "Failed to bind": the address is taken
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot listen on {address}: the address is in use or not ours")
+        return port
+
     async def start(self) -> None:
         # A cluster node is NOT_SERVING until it has joined (health starts SERVING).
         await self._set_health(self.cluster is None)
@@ -211,6 +223,7 @@ class Node:
                 "port": self.port,
                 "node": self.me.name,
                 "advertise": self.advertise,
+                **({"own_port": self.own_port, "host": self.host} if self.own_port else {}),
             },
         )
 
@@ -304,9 +317,13 @@ class Node:
                 log.info("library handle reaped", extra={"library_handle": handle})
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, started: Callable[[], None] | None = None) -> None:
+    """Run a node until SIGTERM or SIGINT; ``started`` is called once it
+    listens (a worker tells its supervisor so)."""
     node = Node(settings)
     await node.start()
+    if started is not None:
+        started()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -315,7 +332,9 @@ async def serve(settings: Settings) -> None:
     await node.stop()
 
 
-def _grpc_server(settings: Settings, metrics: ServerMetrics) -> grpc.aio.Server:
+def _grpc_server(
+    settings: Settings, metrics: ServerMetrics, *, share_port: bool
+) -> grpc.aio.Server:
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     return grpc.aio.server(
         # Every call counted, the ones the gate refuses included (it runs
@@ -331,14 +350,9 @@ def _grpc_server(settings: Settings, metrics: ServerMetrics) -> grpc.aio.Server:
             ("grpc.http2.min_ping_interval_without_data_ms", 1_000),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
-            # One node per address: a second one on a busy port fails.
-            ("grpc.so_reuseport", 0),
+            # One node per address: a second one on a busy port fails. The
+            # workers of one node share its port (the kernel spreads the
+            # connections over them); their supervisor checked it was free.
+            ("grpc.so_reuseport", 1 if share_port else 0),
         ],
     )
-
-
-def _advertise(listen: str, port: int) -> str:
-    host = listen.rpartition(":")[0]
-    if host in ("", "0.0.0.0", "[::]", "::"):
-        host = socket.gethostname()
-    return f"{host}:{port}"

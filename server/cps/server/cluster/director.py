@@ -114,6 +114,7 @@ class Director:
         if not self.membership.valid():
             return
         live = self.membership.live
+        hosts = self.membership.hosts  # at most one replica per host
         guard = compare_create_revision(self.keys.director, "==", self._mine)
         for record in self.directory.records():
             if lost(record, live):
@@ -126,7 +127,7 @@ class Director:
                         },
                     )
                 continue
-            updated = reconcile(record, live, self.replicas_wanted)
+            updated = reconcile(record, live, self.replicas_wanted, hosts)
             if updated is None:
                 continue
             written = await self.directory.write(record, updated, [guard])

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
-from cps.server.core.directory import Member, MemberStatus, NameTaken, Record, rendezvous
+from cps.server.core.directory import Member, MemberStatus, NameTaken, Record, place
 from cps.server.core.errors import CkptError, ErrorCode
 from cps.server.core.types import CreationAttributes
 
@@ -295,7 +295,12 @@ class EtcdDirectory:
     async def create(self, name: str, attributes: CreationAttributes) -> Record:
         live = self.membership.live
         others = [m for m in live.values() if m != self.me]
-        backups = tuple(rendezvous(name, others, self.replicas_wanted - 1))
+        # At most one replica per host, none on this node's host (its other
+        # workers: docs/workers.md).
+        hosts = self.membership.hosts
+        backups = tuple(
+            place(name, others, self.replicas_wanted - 1, hosts, [self.membership.host])
+        )
         collocated = attributes.collocated
         record = Record(
             name=name,

@@ -35,12 +35,16 @@ class Membership:
         address: str,
         version: str,
         ttl_seconds: int,
+        host: str = "",
     ) -> None:
         self.etcd = etcd
         self.keys = keys
         self.me = me
         self.address = address
         self.version = version
+        # The workers of one node share a host (docs/workers.md); a node of
+        # one process is a host of its own.
+        self.host = host or me.name
         self.ttl = ttl_seconds
         # Stop acting as active this long before the lease can expire at
         # etcd (clock rates differ a little between machines).
@@ -90,7 +94,7 @@ class Membership:
     async def _register(self) -> None:
         lease = await self.etcd.grant_lease(self.ttl)
         self.lease_id = lease.id
-        info = MemberInfo(self.me, self.address, self.version)
+        info = MemberInfo(self.me, self.address, self.version, self.host)
         await self.etcd.put(self.keys.member(self.me.name), member_value(info), lease=lease.id)
         self._keepalive = self.etcd.keep_alive(lease)
         log.info(
@@ -130,6 +134,13 @@ class Membership:
     @property
     def live(self) -> Mapping[str, Member]:
         return {name: info.member for name, info in self.infos.items()}
+
+    @property
+    def hosts(self) -> Mapping[str, str]:
+        """The host of each live member, by name (this node's own included)."""
+        hosts = {name: info.host for name, info in self.infos.items()}
+        hosts[self.me.name] = self.host
+        return hosts
 
     def address_of(self, member: Member) -> str | None:
         info = self.infos.get(member.name)

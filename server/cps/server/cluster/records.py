@@ -3,7 +3,7 @@ get --prefix /cps/` is readable by people).
 
 | key                              | value                     | lease          |
 |----------------------------------|---------------------------|----------------|
-| /cps/<c>/members/<node>          | address, incarnation, ... | the node's     |
+| /cps/<c>/members/<node>          | address, host, ...        | the node's     |
 | /cps/<c>/director                | node, incarnation         | the director's |
 | /cps/<c>/ckpt/<name>             | a live checkpoint         | none           |
 | /cps/<c>/unlinked/<incarnation>  | an unlinked checkpoint    | none           |
@@ -67,6 +67,14 @@ class MemberInfo:
     member: Member
     address: str
     version: str
+    # Members of one host (the workers of one node: docs/workers.md) never
+    # hold two replicas of one checkpoint. A node of one process is a host
+    # of its own: its host is its name.
+    host: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            object.__setattr__(self, "host", self.member.name)
 
 
 def member_value(info: MemberInfo) -> bytes:
@@ -76,14 +84,20 @@ def member_value(info: MemberInfo) -> bytes:
             "incarnation": info.member.incarnation,
             "address": info.address,
             "version": info.version,
+            "host": info.host,
         }
     ).encode()
 
 
 def member_of(value: bytes) -> MemberInfo:
+    """A member's record; one written before hosts existed has none: its
+    host is its name."""
     data = json.loads(value)
     return MemberInfo(
-        Member(data["node"], int(data["incarnation"])), data["address"], data["version"]
+        Member(data["node"], int(data["incarnation"])),
+        data["address"],
+        data["version"],
+        data.get("host") or data["node"],
     )
 
 

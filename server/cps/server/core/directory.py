@@ -83,7 +83,41 @@ def rendezvous(name: str, candidates: Iterable[Member], count: int) -> list[Memb
     return sorted(candidates, key=weight, reverse=True)[:count]
 
 
-def reconcile(record: Record, live: Mapping[str, Member], target_replicas: int) -> Record | None:
+def place(
+    name: str,
+    candidates: Iterable[Member],
+    count: int,
+    hosts: Mapping[str, str],
+    taken: Iterable[str] = (),
+) -> list[Member]:
+    """Up to ``count`` members for replicas of checkpoint ``name``, in
+    rendezvous order, at most one per host and none on a host of ``taken``
+    (the hosts that hold a replica already). ``hosts`` maps a member's name
+    to its host; a member it does not name is a host of its own. Fewer
+    hosts than wanted: fewer members (one per host), never two on one host.
+    """
+    used = set(taken)
+    chosen: list[Member] = []
+    if count <= 0:
+        return chosen
+    everyone = list(candidates)
+    for member in rendezvous(name, everyone, len(everyone)):
+        host = hosts.get(member.name, member.name)
+        if host in used:
+            continue
+        chosen.append(member)
+        used.add(host)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def reconcile(
+    record: Record,
+    live: Mapping[str, Member],
+    target_replicas: int,
+    hosts: Mapping[str, str] | None = None,
+) -> Record | None:
     """The record the director writes for the current membership, or None
     when it needs no change (or the checkpoint is lost: see ``lost``).
 
@@ -92,7 +126,9 @@ def reconcile(record: Record, live: Mapping[str, Member], target_replicas: int) 
     non-collocated checkpoint gets the first surviving member of
     ``in_sync`` (deterministic) at epoch + 1; a collocated one gets no
     active (until an application calls ActiveReplicaSet). Missing replicas
-    are added on live members that hold none (not in sync until caught up).
+    are added on live members that hold none, on hosts that hold none
+    (``hosts``: member name -> host, see ``place``); they are not in sync
+    until caught up.
     """
 
     def alive(member: Member) -> bool:
@@ -108,8 +144,10 @@ def reconcile(record: Record, live: Mapping[str, Member], target_replicas: int) 
         epoch += 1
     missing = target_replicas - len(replicas)
     if missing > 0:
+        hosts = hosts or {}
         spare = [m for m in live.values() if m not in replicas]
-        replicas += tuple(rendezvous(record.name, spare, missing))
+        taken = [hosts.get(m.name, m.name) for m in replicas]
+        replicas += tuple(place(record.name, spare, missing, hosts, taken))
     updated = replace(record, active=active, epoch=epoch, replicas=replicas, in_sync=in_sync)
     return None if updated == record else updated
 
