@@ -540,6 +540,91 @@ def test_mutual_tls_between_nodes_needs_the_peer_settings(tmp_path: Path) -> Non
     parse([*same, "--cluster-secret-file", secret], {})
 
 
+# --- workers (docs/workers.md) --------------------------------------------------
+
+
+def test_several_workers_need_etcd() -> None:
+    """A node alone keeps its directory in its one process's memory."""
+    message = problems(["--workers", "2"])
+    assert "workers = 2 (from flag --workers) needs etcd_endpoints" in message
+    assert "a single worker" in message and "--etcd-endpoints" in message
+    assert "workers = 3 (from env CPS_WORKERS) needs etcd_endpoints" in problems(
+        [], {"CPS_WORKERS": "3"}
+    )
+    assert parse(["--workers", "1"], {}).workers == 1
+
+
+def test_several_workers_need_room_for_their_ports(tmp_path: Path) -> None:
+    secret = str(write(tmp_path / "secret", "s3cret"))
+    cluster = ["--etcd-endpoints", "e:2379", "--cluster-secret-file", secret, "--workers", "2"]
+    assert "needs a fixed port in listen = '127.0.0.1:0'" in problems(
+        [*cluster, "--listen", "127.0.0.1:0"]
+    )
+    assert "listen = '127.0.0.1:65534' (from flag --listen) leaves no room" in problems(
+        [*cluster, "--listen", "127.0.0.1:65534"]
+    )
+    assert "advertise = 'a:65534' (from flag --advertise) leaves no room" in problems(
+        [*cluster, "--listen", "127.0.0.1:5000", "--advertise", "a:65534"]
+    )
+    assert "metrics_listen = '127.0.0.1:65535' (from flag --metrics-listen)" in problems(
+        [*cluster, "--listen", "127.0.0.1:5000", "--metrics-listen", "127.0.0.1:65535"]
+    )
+    settings = parse(
+        [*cluster, "--listen", "127.0.0.1:65533", "--metrics-listen", "127.0.0.1:0"], {}
+    )
+    assert (settings.workers, settings.worker) == (2, None)
+
+
+def test_worker_settings_derive_from_the_node(tmp_path: Path) -> None:
+    from cps.server.workers import worker_settings
+
+    secret = str(write(tmp_path / "secret", "s3cret"))
+    node = parse(
+        [
+            *("--etcd-endpoints", "e:2379", "--cluster-secret-file", secret),
+            *("--workers", "3", "--listen", "0.0.0.0:5000", "--advertise", "a.example:6000"),
+            *("--metrics-listen", "127.0.0.1:9100", "--data-dir", str(tmp_path / "d")),
+        ],
+        {},
+    )
+    second = worker_settings(node, 1)
+    assert second.node_name == "a.example:6000.w1"  # the node's name defaults as ever
+    assert second.advertise == "a.example:6002"
+    assert second.metrics_listen == "127.0.0.1:9101"
+    assert second.data_dir == tmp_path / "d" / "worker-1"
+    assert second.worker is not None
+    assert (second.worker.index, second.worker.host) == (1, "a.example:6000")
+    assert second.worker.listen == "0.0.0.0:5002"
+    assert second.listen == "0.0.0.0:5000"  # shared with its siblings
+    named = parse(
+        [
+            *("--etcd-endpoints", "e:2379", "--cluster-secret-file", secret, "--workers", "2"),
+            *("--listen", "[::1]:5000", "--node-name", "n0", "--metrics-listen", "[::1]:0"),
+        ],
+        {},
+    )
+    first = worker_settings(named, 0)
+    assert (first.node_name, first.advertise, first.metrics_listen) == (
+        "n0.w0",
+        "[::1]:5001",
+        "[::1]:0",
+    )
+    assert first.worker is not None and first.worker.host == "n0"
+
+
+def test_cps_server_refuses_workers_without_etcd(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [SERVER, "--workers", "2", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_clean_env(),
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("cps-server: workers = 2 (from flag --workers) needs etcd")
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
 # --- the authorization table (docs/security.md) ------------------------------
 
 AUTH_TABLE = """
