@@ -94,8 +94,14 @@ def _free_port() -> int:
 
 
 def measure(
-    label: str, command: list[str], inflight: int, seconds: float, spy: Path | None
-) -> None:
+    label: str,
+    command: list[str],
+    inflight: int,
+    seconds: float,
+    spy: Path | None,
+    native: bool = False,
+) -> tuple[float, float, float]:
+    """Ops/s, p50 ms and server µs/op of one target."""
     address = f"127.0.0.1:{_free_port()}"
     server = subprocess.Popen([*command, "--listen", address], stderr=subprocess.DEVNULL)
     try:
@@ -106,7 +112,8 @@ def measure(
             out = spy / f"{label.replace(' ', '_')}-{inflight}.txt"
             record = ["record", "-p", str(server.pid), "-d", str(int(seconds)), "-r", "250"]
             recorder = subprocess.Popen(
-                [PY_SPY, *record, "-f", "raw", "-o", str(out), "--nonblocking", "--threads"],
+                [PY_SPY, *record, "-f", "raw", "-o", str(out), "--threads"]
+                + (["--native"] if native else ["--nonblocking"]),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -125,6 +132,7 @@ def measure(
         f"p50 {p50:6.3f} ms {used / calls * 1e6:6.0f} server µs/op",
         flush=True,
     )
+    return calls / seconds, p50, used / calls * 1e6
 
 
 def summarise(path: Path, top: int = 30) -> str:
@@ -155,6 +163,7 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, nargs="+", default=[64])
     parser.add_argument("--only", nargs="+", choices=["handler", "cps-mem", "cps"])
     parser.add_argument("--py-spy", type=Path, help="record raw py-spy stacks into DIR")
+    parser.add_argument("--native", action="store_true", help="py-spy --native (C frames)")
     parser.add_argument("--extra-args", default="", help="more cps-server options")
     args = parser.parse_args()
     extra = shlex.split(args.extra_args)
@@ -173,7 +182,7 @@ def main() -> None:
                     continue
                 if label != "handler":
                     command = [*command, "--data-dir", f"{scratch}/{label}-{inflight}-{index}"]
-                measure(label, command, inflight, args.seconds, args.py_spy)
+                measure(label, command, inflight, args.seconds, args.py_spy, args.native)
     if args.py_spy:
         for path in sorted(args.py_spy.glob("*.txt")):
             print(summarise(path))

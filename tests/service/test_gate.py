@@ -12,7 +12,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from cps.server.api.gate import RequestGate
+from cps.server.api.registration import Registrar
+from cps.server.metrics import ServerMetrics
 from tests.support import seed_error
 
 # A string field (service = 1) whose bytes are not UTF-8: protobuf refuses it.
@@ -29,10 +30,12 @@ def address() -> Iterator[str]:
     thread.start()
 
     async def start() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(interceptors=[RequestGate()])
+        server = grpc.aio.server()
         servicer = health.aio.HealthServicer()
         await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(
+            servicer, Registrar(server, ServerMetrics("test"))
+        )
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         return server, port

@@ -109,7 +109,7 @@ class ClusterParts:
                 node.active.stop,
                 PeerGate(self.peers.secret, self.peers.peer_ca),
             ),
-            node.server,
+            node.services,
         )
         node.checkpoints.ready_check = self.check_ready
 

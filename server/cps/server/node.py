@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from cps.v1 import (
     admin_service_pb2,
@@ -28,11 +28,10 @@ from cps.v1 import (
 )
 
 from .api.admin_service import AdminService
-from .api.call_metrics import CallMetrics
 from .api.checkpoint_service import CheckpointService
 from .api.event_service import EventService
-from .api.gate import RequestGate
 from .api.library_service import LibraryCheckpointService
+from .api.registration import Registrar
 from .cluster.solo import NoForwarder, NoReplication, SoloDirectory
 from .config import Settings, advertise_of, split_address, version
 from .core.directory import Member
@@ -87,7 +86,10 @@ class Node:
         self.clock = LoopClock()
         self.metrics = ServerMetrics(version())
         worker = settings.worker
-        self.server = _grpc_server(settings, self.metrics, share_port=worker is not None)
+        self.server = _grpc_server(settings, share_port=worker is not None)
+        # What is registered through it reaches the server with the request
+        # gate and the call metrics around every method.
+        self.services = Registrar(self.server, self.metrics)
         self.port = self._listen(settings.listen)
         # A worker of a node of several (docs/workers.md) also listens on an
         # address of its own, the one it advertises: peers and forwarded
@@ -153,12 +155,12 @@ class Node:
         # --auth-file, read and checked at start (config.parse).
         authorization = settings.authorization
         checkpoint_service_pb2_grpc.add_CheckpointServiceServicer_to_server(
-            CheckpointService(self.checkpoints, authorization), self.server
+            CheckpointService(self.checkpoints, authorization), self.services
         )
         library_service_pb2_grpc.add_LibraryCheckpointServiceServicer_to_server(
-            LibraryCheckpointService(self.library, self.journal, authorization), self.server
+            LibraryCheckpointService(self.library, self.journal, authorization), self.services
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.services)
         admin = Admin(
             self.checkpoints,
             address=self.advertise,
@@ -166,10 +168,10 @@ class Node:
             serving=lambda: self.cluster is None or self.cluster.ready,
         )
         admin_service_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminService(admin, authorization, self.journal.store), self.server
+            AdminService(admin, authorization, self.journal.store), self.services
         )
         event_service_pb2_grpc.add_EventServiceServicer_to_server(
-            EventService(self.events, self.me.name, authorization), self.server
+            EventService(self.events, self.me.name, authorization), self.services
         )
         services = [
             CHECKPOINT_SERVICE,
@@ -182,7 +184,9 @@ class Node:
             from .cluster_parts import PEER_SERVICE
 
             services.append(PEER_SERVICE)
-        reflection.enable_server_reflection((*services, reflection.SERVICE_NAME), self.server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer((*services, reflection.SERVICE_NAME)), self.services
+        )
         self._reaper: asyncio.Task[None] | None = None
         self._metrics_server: asyncio.Server | None = None
         self.metrics_port = 0
@@ -332,15 +336,9 @@ async def serve(settings: Settings, started: Callable[[], None] | None = None) -
     await node.stop()
 
 
-def _grpc_server(
-    settings: Settings, metrics: ServerMetrics, *, share_port: bool
-) -> grpc.aio.Server:
+def _grpc_server(settings: Settings, *, share_port: bool) -> grpc.aio.Server:
     keepalive_ms = int(settings.keepalive_seconds * 1000)
     return grpc.aio.server(
-        # Every call counted, the ones the gate refuses included (it runs
-        # inside); an undecodable request is refused with INVALID_ARGUMENT,
-        # not UNKNOWN.
-        interceptors=[CallMetrics(metrics), RequestGate()],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),

@@ -1,4 +1,5 @@
-"""Every RPC of the node counted (a grpc.aio server interceptor): the usual
+"""Every RPC of the node counted (installed on every method by
+api/registration.py): the usual
 gRPC server metrics, grpc_server_started_total, grpc_server_handled_total
 with the status code and grpc_server_handling_seconds, for every service the
 server has (CPS, admin, health, reflection, the peer service), plus
@@ -6,7 +7,7 @@ cps_seed_errors_total with the seed error's name (the ErrorInfo reason the
 call ended with).
 
 Labels stay bounded: service and method are those the server registered
-(an unknown method never reaches an interceptor's handler), the code is a
+(an unknown method is never wrapped), the code is a
 grpc.StatusCode, the reason one of the seed's errors (else OTHER).
 """
 
@@ -14,14 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
-from cps.server.api.behaviours import answer, responses
 from cps.server.core.errors import ErrorCode
 from cps.server.metrics import ServerMetrics
 from cps.server.status import ERROR_DOMAIN
@@ -49,7 +48,7 @@ def _seed_reason(context: Context) -> str | None:
     return None
 
 
-class _Method:
+class MethodMetrics:
     """The label values and metric children of one method, made once."""
 
     __slots__ = ("handled", "handling", "labels", "metrics", "seed_errors", "started")
@@ -101,59 +100,3 @@ def _code(context: Context, error: BaseException | None) -> grpc.StatusCode:
     if isinstance(code, grpc.StatusCode):
         return code
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
-
-
-def _observed(method: _Method, handler: Handler) -> Handler:
-    if handler.response_streaming:
-        inner_stream = handler.stream_stream if handler.request_streaming else handler.unary_stream
-
-        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
-            began = method.begin()
-            try:
-                async for response in responses(inner_stream(request, context)):
-                    yield response
-            except BaseException as error:
-                method.end(began, context, error)
-                raise
-            method.end(began, context, None)
-
-        kind = "stream_stream" if handler.request_streaming else "unary_stream"
-        return handler._replace(**{kind: streaming})
-    inner = handler.stream_unary if handler.request_streaming else handler.unary_unary
-
-    async def single(request: Any, context: Context) -> Any:
-        began = method.begin()
-        try:
-            response = await answer(inner(request, context))
-        except BaseException as error:
-            method.end(began, context, error)
-            raise
-        method.end(began, context, None)
-        return response
-
-    kind = "stream_unary" if handler.request_streaming else "unary_unary"
-    return handler._replace(**{kind: single})
-
-
-class CallMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Give it to grpc.aio.server(interceptors=[CallMetrics(metrics), ...])."""
-
-    def __init__(self, metrics: ServerMetrics) -> None:
-        self.metrics = metrics
-        # Each method's handler and its observed twin, made once.
-        self._observed: dict[str, tuple[Handler, Handler]] = {}
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None  # UNIMPLEMENTED, from grpc: not counted (the names are the caller's)
-        path = handler_call_details.method
-        known = self._observed.get(path)
-        if known is None or known[0] is not handler:
-            method = _Method(self.metrics, path, handler)
-            known = self._observed[path] = (handler, _observed(method, handler))
-        return known[1]
