@@ -612,19 +612,6 @@ def test_worker_settings_derive_from_the_node(tmp_path: Path) -> None:
     assert first.worker is not None and first.worker.host == "n0"
 
 
-def test_cps_server_refuses_workers_without_etcd(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [SERVER, "--workers", "2", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=_clean_env(),
-    )
-    assert done.returncode == 2
-    assert done.stderr.startswith("cps-server: workers = 2 (from flag --workers) needs etcd")
-    assert not list(tmp_path.iterdir())  # nothing started, nothing written
-
-
 # --- the authorization table (docs/security.md) ------------------------------
 
 AUTH_TABLE = """

@@ -1,7 +1,13 @@
 """Real `cps-server` processes forming a cluster over a real etcd, on
 loopback ports, for the cluster tests. Each node keeps its port across
 restarts (a restarted node is a new incarnation at the same address);
-everything is stopped with SIGKILL at the end, by pid."""
+everything is stopped with SIGKILL at the end, by pid.
+
+A node of several workers (``CpsCluster(..., workers=N)``, docs/workers.md)
+is its supervisor's process: its port is followed by one port per worker
+(free blocks of ports), its workers are members ``n<i>.w<j>``, and killing
+the supervisor with SIGKILL takes its workers with it (they die with their
+parent)."""
 
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .etcd_cluster import free_ports
+from .etcd_cluster import free_port_blocks, free_ports
 
 SERVER = str(Path(sys.executable).parent / "cps-server")
 
@@ -56,10 +62,35 @@ class CpsNode:
         self.etcd_endpoints: str | None = None  # overrides the cluster's (a proxy)
         self.env: dict[str, str] = {}  # added to the process's environment
         self.paused = False
+        self.workers = cluster.workers
 
     @property
     def address(self) -> str:
+        """The node's address (with workers: shared by them all)."""
         return f"127.0.0.1:{self.port}"
+
+    def worker_address(self, index: int) -> str:
+        """The own address of worker ``index`` (the node's port + 1 + index)."""
+        return f"127.0.0.1:{self.port + 1 + index}"
+
+    @property
+    def worker_addresses(self) -> list[str]:
+        return [self.worker_address(i) for i in range(self.workers)] if self.workers > 1 else []
+
+    @property
+    def members(self) -> list[str]:
+        """The names of this node's members of the cluster."""
+        if self.workers == 1:
+            return [self.name]
+        return [f"{self.name}.w{i}" for i in range(self.workers)]
+
+    def worker_pids(self) -> dict[int, int]:
+        """Worker index -> pid of its latest start (the supervisor logs each)."""
+        pids: dict[int, int] = {}
+        for entry in self.log_entries():
+            if entry.get("supervisor") and entry.get("msg") == "worker started":
+                pids[int(str(entry["worker"]))] = int(str(entry["pid"]))
+        return pids
 
     @property
     def running(self) -> bool:
@@ -91,6 +122,7 @@ class CpsNode:
                 if self.cluster.secret
                 else ()
             ),
+            *(("--workers", str(self.workers)) if self.workers > 1 else ()),
             *self.cluster.flags,
         ]
         with self.log_path.open("ab") as log:
@@ -101,12 +133,17 @@ class CpsNode:
             self.wait_serving()
 
     def kill(self) -> None:
-        """SIGKILL (continued first if paused)."""
+        """SIGKILL (continued first if paused); a supervisor's workers die
+        with it (waited for, so that its ports are free again)."""
         if self.popen is not None and self.popen.poll() is None:
             if self.paused:
                 self.cont()
+            workers = list(self.worker_pids().values()) if self.workers > 1 else []
             self.popen.kill()
             self.popen.wait(10)
+            deadline = time.monotonic() + 10
+            while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def pause(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)
@@ -120,11 +157,15 @@ class CpsNode:
         return health_of(self.address, timeout, self.cluster.credentials)
 
     def wait_serving(self, timeout: float = 30.0) -> None:
+        """Until the node (with workers: every worker) reports SERVING."""
         deadline = time.monotonic() + timeout
+        addresses = [self.address, *self.worker_addresses]
         while time.monotonic() < deadline:
             if not self.running:
                 raise RuntimeError(f"{self.name} exited: {self.log_text()[-3000:]}")
-            if self.health() == health_pb2.HealthCheckResponse.SERVING:
+            serving = health_pb2.HealthCheckResponse.SERVING
+            credentials = self.cluster.credentials
+            if all(health_of(a, 1.0, credentials) == serving for a in addresses):
                 return
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not SERVING after {timeout}s: {self.log_text()[-3000:]}")
@@ -143,6 +184,15 @@ class CpsNode:
         return entries
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process that is not our child still runs (a zombie does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
+
+
 class CpsCluster:
     def __init__(
         self,
@@ -152,6 +202,7 @@ class CpsCluster:
         *,
         secret: bool = True,
         credentials: grpc.ChannelCredentials | None = None,
+        workers: int = 1,
     ) -> None:
         self.etcd_endpoints = list(etcd_endpoints)
         self.secret = secret  # the nodes get --cluster-secret-file
@@ -164,7 +215,13 @@ class CpsCluster:
         self.secret_file = self.folder / "cluster-secret"
         self.secret_file.write_text(secrets.token_hex(32))
         self.secret_file.chmod(0o600)
-        self.nodes = [CpsNode(self, i, port) for i, port in enumerate(free_ports(size))]
+        self.workers = workers  # worker processes of each node (--workers)
+        self.nodes = [CpsNode(self, i, port) for i, port in enumerate(self._ports(size))]
+
+    def _ports(self, count: int) -> list[int]:
+        if self.workers == 1:
+            return free_ports(count)
+        return free_port_blocks(count, 1 + self.workers)
 
     @property
     def addresses(self) -> str:
@@ -178,7 +235,7 @@ class CpsCluster:
         return self
 
     def add_node(self) -> CpsNode:
-        (port,) = free_ports(1)
+        (port,) = self._ports(1)
         node = CpsNode(self, len(self.nodes), port)
         self.nodes.append(node)
         node.start()
@@ -207,7 +264,7 @@ class CpsCluster:
 
 @contextmanager
 def cps_cluster(
-    etcd_endpoints: Sequence[str], size: int = 3, flags: Sequence[str] = ()
+    etcd_endpoints: Sequence[str], size: int = 3, flags: Sequence[str] = (), *, workers: int = 1
 ) -> Iterator[CpsCluster]:
-    with CpsCluster(etcd_endpoints, size, flags) as cluster:
+    with CpsCluster(etcd_endpoints, size, flags, workers=workers) as cluster:
         yield cluster

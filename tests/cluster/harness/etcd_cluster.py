@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -66,6 +67,44 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:
+            sock.close()
+
+
+def free_port_blocks(count: int, size: int) -> list[int]:
+    """`count` first ports of blocks of `size` consecutive free TCP ports on
+    127.0.0.1 (a node of several workers: its port, then one per worker).
+
+    Taken below the kernel's ephemeral range, so that no outgoing connection
+    takes one of them between now and the node's start (the kernel gives
+    ephemeral ports one at a time, never in blocks)."""
+    low = 32768
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    floor = min(20000, low // 2)
+    held: list[socket.socket] = []
+    bases: list[int] = []
+    try:
+        for _ in range(200):
+            if len(bases) == count:
+                return bases
+            base = random.randrange(floor, low - size)
+            block: list[socket.socket] = []
+            try:
+                for port in range(base, base + size):
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    block.append(sock)
+                    sock.bind((LOOPBACK, port))
+            except OSError:
+                for sock in block:
+                    sock.close()
+                continue
+            held += block
+            bases.append(base)
+        if len(bases) == count:
+            return bases
+        raise RuntimeError(f"no {count} blocks of {size} free ports below {low}")
+    finally:
+        for sock in held:
             sock.close()
 
 
