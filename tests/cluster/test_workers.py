@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,17 @@ def _write_and_read(address: str, name: str, data: bytes) -> bytes:
         return value
 
 
+def _collect(
+    seen: list[list[ChangedSection]],
+) -> Callable[[str, object, list[ChangedSection]], None]:
+    """A notification callback that keeps the changed sections."""
+
+    def notify(_name: str, _checkpoint: object, sections: list[ChangedSection]) -> None:
+        seen.append(sections)
+
+    return notify
+
+
 def _spread(cluster: CpsCluster, prefix: str) -> list[str]:
     names = []
     for node in cluster.nodes:
@@ -216,24 +227,22 @@ def test_a_worker_that_is_not_the_active_or_holds_nothing_serves_the_checkpoint(
 
     # Notifications: a session on a worker holding no replica registers; a
     # write through another worker that holds none is notified.
-    record = _records(etcd_cluster, pair)["fwd-async"]
-    holders = {m["node"] for m in record["replicas"]}
-    n1_bare = next(i for i, member in enumerate(n1.members) if member not in holders)
-    notified: list[list[ChangedSection]] = []
-    with Session.connect(n0.worker_address(1), Callbacks(), timeout=TIMEOUT) as session:
-        checkpoint = session.open("fwd-async")
-        checkpoint.immediate_consumption_register(
-            lambda _n, _c, sections: notified.append(sections)
-        )
-        assert checkpoint.read(b"s") == b"shared"
-        with Session.connect(n1.worker_address(n1_bare), timeout=TIMEOUT) as writer:
-            writer.open("fwd-async").overwrite(b"s", b"notify me")
-        deadline = time.monotonic() + TIMEOUT
-        while not any(s.section_id == b"s" for sections in notified for s in sections):
-            assert time.monotonic() < deadline, "no notification"
-            session.dispatch(DispatchFlags.ALL)
-            time.sleep(0.05)
-        assert checkpoint.read(b"s") == b"notify me"
+    for name in ("fwd-async", "fwd-sync"):
+        holders = {m["node"] for m in _records(etcd_cluster, pair)[name]["replicas"]}
+        n1_bare = next(i for i, member in enumerate(n1.members) if member not in holders)
+        notified: list[list[ChangedSection]] = []
+        with Session.connect(n0.worker_address(1), Callbacks(), timeout=TIMEOUT) as session:
+            checkpoint = session.open(name)
+            checkpoint.immediate_consumption_register(_collect(notified))
+            assert checkpoint.read(b"s") == b"shared"
+            with Session.connect(n1.worker_address(n1_bare), timeout=TIMEOUT) as writer:
+                writer.open(name).overwrite(b"s", b"notify me")
+            deadline = time.monotonic() + TIMEOUT
+            while not any(s.section_id == b"s" for sections in notified for s in sections):
+                assert time.monotonic() < deadline, f"no notification of {name}"
+                session.dispatch(DispatchFlags.ALL)
+                time.sleep(0.05)
+            assert checkpoint.read(b"s") == b"notify me"
 
 
 def test_a_second_node_on_the_node_s_data_dir_or_a_worker_s_is_refused(
