@@ -122,6 +122,16 @@ def _cluster(node: Node, cluster: ClusterParts) -> Iterator[Metric]:
         "Checkpoints this node, as director, gave a new active replica because theirs was lost.",
         value=cluster.director.failovers,
     )
+    yield CounterMetricFamily(
+        "cps_replication_batches_sent",
+        "Batches this node sent on its replication streams, all peers together.",
+        value=replication.sent.batches,
+    )
+    yield CounterMetricFamily(
+        "cps_replication_items_sent",
+        "Items (operations, snapshot parts, notifications) in those batches.",
+        value=replication.sent.items,
+    )
     # A member is named without its incarnation (which changes at each
     # restart), so that the label values stay the cluster's node names.
     connected: dict[str, float] = defaultdict(float)

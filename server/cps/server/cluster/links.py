@@ -39,6 +39,22 @@ BATCH_BYTES = 4 * 1024 * 1024
 # limit (every write was a stream message of its own); a lone write is
 # still sent at once.
 BATCHES_IN_FLIGHT = 1
+# Items no one waits for (the operations of asynchronous checkpoints) wait
+# up to this long, or until this many are queued, for others to share their
+# batch: every stream message costs the active about as much as a client's
+# call (bench/PROFILE.md). An item someone waits for (a synchronous write,
+# Synchronize, a notification, a snapshot part) sends the batch at once.
+LINGER_SECONDS = 0.002
+LINGER_ITEMS = 64
+
+
+@dataclass(slots=True)
+class Sent:
+    """What this node's links sent, all peers together (for the metrics:
+    items per batch is how well the links batch)."""
+
+    batches: int = 0
+    items: int = 0
 
 
 class LinkDropped(Exception):
@@ -75,8 +91,10 @@ class Link:
         on_fenced: Callable[[Member, Ref, int], None],
         on_overflow: Callable[[Member], None],
         on_acknowledged: Callable[[Member], None],
+        sent: Sent | None = None,
     ) -> None:
         self.me = me
+        self.sent = Sent() if sent is None else sent
         self.target = target
         self.address_of = address_of
         self.channels = channels
@@ -96,7 +114,12 @@ class Link:
         # of their operations mean nothing until the snapshot is applied.
         # (the index of the snapshot that will settle it).
         self._resyncing: dict[Ref, int] = {}
-        self._wake = asyncio.Event()
+        # Set while the stream waits for something to send (or the peer's
+        # answers to end): one future per wait, cheaper than an Event
+        # raced against the receiving task with asyncio.wait.
+        self._wakeup: asyncio.Future[None] | None = None
+        self._urgent = False  # something in the outbox is waited for
+        self._linger_until: float | None = None
         self._in_flight: deque[int] = deque()  # the last index of each batch sent
         self.fail_after_ack = 0  # a failpoint (see cps.server.failpoints)
         self.connected = False
@@ -113,15 +136,20 @@ class Link:
         *,
         snapshot: bool = False,
         last_part: bool = True,
+        urgent: bool = False,
     ) -> int:
-        """Queue a serialized Item; its number on this link."""
+        """Queue a serialized Item; its number on this link. ``urgent``:
+        send it now, not after the linger of items no one waits for."""
         self.next_index += 1
         weight = len(item)
         entry = _Item(self.next_index, ref, seq, item, weight, snapshot, last_part)
         self._unacked.append(entry)
         self._outbox.append(entry)
         self._bytes += weight
-        self._wake.set()
+        if urgent or snapshot:
+            self._urgent = True
+        if self._urgent or len(self._outbox) in (1, LINGER_ITEMS):
+            self._wake_up()
         if self._bytes > self.max_bytes:
             self._drop(f"more than {self.max_bytes} bytes unacknowledged")
         return self.next_index
@@ -133,6 +161,8 @@ class Link:
             future.set_result(None)
         else:
             self._waiting.setdefault(ref, deque()).append(_Waiting(seq, future))
+            self._urgent = True  # someone waits: no linger
+            self._wake_up()
         return future
 
     def forget(self, ref: Ref) -> None:
@@ -189,20 +219,29 @@ class Link:
         )
         await call.write(pb.ReplicateRequest(hello=hello))
         self._outbox = deque(self._unacked)  # everything not acknowledged, again
+        self._urgent = bool(self._outbox)
         self._in_flight.clear()
         receiving = asyncio.create_task(self._receive(call))
+        receiving.add_done_callback(lambda _: self._wake_up())
         self.connected = True
         self.down_since = None
         try:
             while not receiving.done():
                 if not self._outbox or len(self._in_flight) >= BATCHES_IN_FLIGHT:
-                    self._wake.clear()
-                    waiter = asyncio.ensure_future(self._wake.wait())
-                    await asyncio.wait({waiter, receiving}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
+                    await self._sleep(None)
                     continue
+                if not self._urgent and len(self._outbox) < LINGER_ITEMS:
+                    now = asyncio.get_running_loop().time()
+                    if self._linger_until is None:
+                        self._linger_until = now + LINGER_SECONDS
+                    if now < self._linger_until:
+                        await self._sleep(self._linger_until)
+                        continue
+                self._linger_until = None
                 batch = self._next_batch()
                 self._in_flight.append(batch.first_index + len(batch.items) - 1)
+                self.sent.batches += 1
+                self.sent.items += len(batch.items)
                 await call.write(pb.ReplicateRequest(batch=batch))
                 if self.fail_after_ack and batch.first_index <= self.fail_after_ack:
                     await self._fail_once_acknowledged(receiving)
@@ -212,6 +251,24 @@ class Link:
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await receiving
         receiving.result()  # raises what ended the stream
+
+    async def _sleep(self, until: float | None) -> None:
+        """Until woken up (something to send, an acknowledgement, the end of
+        the peer's answers) or ``until`` (loop time)."""
+        loop = asyncio.get_running_loop()
+        self._wakeup = loop.create_future()
+        if until is None:
+            await self._wakeup
+            return
+        timer = loop.call_at(until, self._wake_up)
+        try:
+            await self._wakeup
+        finally:
+            timer.cancel()
+
+    def _wake_up(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     async def _fail_once_acknowledged(self, receiving: asyncio.Task[None]) -> None:
         """The failpoint: exit once the peer applied the marked item, before
@@ -231,6 +288,7 @@ class Link:
             self._outbox.popleft()
             items.append(entry.message)
             size += entry.weight
+        self._urgent = self._urgent and bool(self._outbox)  # what is left of a large batch
         return pb.Batch(first_index=first, items=items)
 
     async def _receive(self, call: AsyncIterator[pb.ReplicateResponse]) -> None:
@@ -254,7 +312,7 @@ class Link:
         self.acknowledged = index
         while self._in_flight and self._in_flight[0] <= index:
             self._in_flight.popleft()
-            self._wake.set()  # the next batch may go
+            self._wake_up()  # the next batch may go
         touched: set[Ref] = set()
         while self._unacked and self._unacked[0].index <= index:
             entry = self._unacked.popleft()

@@ -30,7 +30,8 @@ from cps.server.status import seed_error_of
 from . import codec
 from .backup import Backups
 from .channels import Channels
-from .links import Link, LinkDropped
+from .links import Link, LinkDropped, Sent
+from .write_waits import WriteWaits
 
 log = logging.getLogger("cps.replication")
 
@@ -85,9 +86,11 @@ class Replication:
         self.timeout = timeout
         self.max_link_bytes = max_link_bytes
         self.links: dict[Member, Link] = {}
+        self.sent = Sent()
         self._catch_up: dict[Ref, dict[Member, _CatchUp]] = {}
         self._catching: dict[Member, set[Ref]] = {}  # the same, by member
         self._tasks: set[asyncio.Task[None]] = set()
+        self.waits = WriteWaits(timeout, self.drop_from_in_sync, self._spawn)
 
     @property
     def me(self) -> Member:
@@ -106,6 +109,7 @@ class Replication:
                 on_fenced=self._fenced,
                 on_overflow=self._overflow,
                 on_acknowledged=self._acknowledged,
+                sent=self.sent,
             )
         return link
 
@@ -173,19 +177,9 @@ class Replication:
         if not waiting:
             return None
         seq = replica.seq
-        # A task, not a bare coroutine: the writer awaits it, and so does the
-        # notification that waits for the same acknowledgement.
-        return asyncio.ensure_future(
-            self._wait(ref, seq, {m: self.link(m).wait(ref, seq) for m in waiting})
-        )
-
-    async def _wait(self, ref: Ref, seq: int, futures: dict[Member, asyncio.Future[None]]) -> None:
-        _, pending = await asyncio.wait(futures.values(), timeout=self.timeout)
-        late = [m for m, f in futures.items() if f in pending or f.exception() is not None]
-        for future in pending:
-            future.cancel()
-        if late:
-            await self.drop_from_in_sync(ref, late, f"no acknowledgement of seq {seq}")
+        # A future, not a bare coroutine: the writer awaits it, and so does
+        # the notification that waits for the same acknowledgement.
+        return self.waits.wait(ref, seq, {m: self.link(m).wait(ref, seq) for m in waiting})
 
     async def drop_from_in_sync(self, ref: Ref, members: list[Member], why: str) -> None:
         """Members leave the in-sync set before anything is acknowledged
@@ -223,7 +217,7 @@ class Replication:
         for node in nodes:
             member = live.get(node)
             if member is not None and member != self.me:
-                self.link(member).enqueue(None, 0, item)
+                self.link(member).enqueue(None, 0, item, urgent=True)
 
     async def seal(self, record: Record) -> tuple[bytes, ...]:
         """Fence the other replicas at ``record.epoch`` and take the most
@@ -433,6 +427,7 @@ class Replication:
             self._stop(ref, member)
 
     async def close(self) -> None:
+        self.waits.close()
         for link in self.links.values():
             link.close()
         self.links.clear()
