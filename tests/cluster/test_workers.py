@@ -350,6 +350,21 @@ def test_kill_9_of_a_worker_restarts_it_and_loses_no_acknowledged_write(
         return len(record["in_sync"]) == 2 and len({_host(m) for m in record["replicas"]}) == 2
 
     wait_for(replicated, TIMEOUT, "two in-sync replicas on two hosts")
+    _assert_one_active_per_epoch(pair)
+
+
+def _assert_one_active_per_epoch(cluster: CpsCluster) -> None:
+    """No two workers served one checkpoint as its active at one epoch (from
+    the 'serving as active' lines each logs, with its worker's index)."""
+    served: dict[tuple[str, int], set[str]] = {}
+    for node in cluster.nodes:
+        for entry in node.log_entries():
+            if entry.get("msg") == "serving as active":
+                key = (str(entry["checkpoint"]), int(str(entry["epoch"])))
+                served.setdefault(key, set()).add(f"{node.name}.w{entry['worker']}")
+    assert served
+    doubles = {key: members for key, members in served.items() if len(members) > 1}
+    assert not doubles, f"two actives for one checkpoint at one epoch: {doubles}"
 
 
 def test_three_replicas_wanted_on_two_hosts_make_two(
