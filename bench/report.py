@@ -40,6 +40,14 @@ CLUSTER_VS_SINGLE = 0.6
 FAILOVER_TTLS = 2.0
 # The issue's figure for a 3-member etcd's puts/s at 64 in flight on a 2-core machine.
 ISSUE_ETCD3_PUTS = 6900
+# Issue 11: the persistent default's overwrites/s at least this times the
+# bare server's calls/s (at TARGET_INFLIGHT), its p50 at 1 in flight at most
+# etcd 1-member's; sync 3-replica ops/s at least the 3-member etcd's at
+# these levels, its p50 at 1 in flight at most this times etcd-3's; async
+# at least sync at every level.
+PERSISTENT_VS_BARE = 0.85
+CLUSTER_LEVELS = (16, 64)
+CLUSTER_P50_VS_ETCD3 = 1.2
 # Stands for each CPS configuration in a ratio.
 ANY_CPS = "{cps}"
 
@@ -372,6 +380,80 @@ def _fraction(
     if _noisy(top, bottom):
         text += " (noisy)"
     return text, "-" if minimum is None else _verdict(value >= minimum)
+
+
+def _p50_ratio(
+    top: LoadResult | None, bottom: LoadResult | None, maximum: float
+) -> tuple[str, str]:
+    if top is None or bottom is None or not bottom.p50_ms:
+        return "n/a (not measured)", "**not met** (not measured)"
+    value = top.p50_ms / bottom.p50_ms
+    text = f"{value:.2f} ({top.p50_ms:.3f} / {bottom.p50_ms:.3f} ms)"
+    if _noisy(top, bottom):
+        text += " (noisy)"
+    return text, _verdict(value <= maximum)
+
+
+def performance_target_lines(targets: dict[str, TargetResult], levels: Sequence[int]) -> list[str]:
+    """Issue 11's targets, each from this run's figures."""
+    lowest, top_level = min(levels), max(levels)
+    lines = [
+        "| issue 11 target | wanted | measured | verdict |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    text, verdict = _fraction(
+        _usable(targets, CPS, "overwrite", top_level),
+        _usable(targets, "bare", "unary", top_level),
+        PERSISTENT_VS_BARE,
+    )
+    lines.append(
+        f"| `{CPS}` (persistent default) overwrite / bare grpc.aio, {top_level} in flight "
+        f"| >= {PERSISTENT_VS_BARE:.2f} | {text} | {verdict} |"
+    )
+    text, verdict = _p50_ratio(
+        _usable(targets, CPS, "overwrite", lowest), _usable(targets, "etcd", "put", lowest), 1.0
+    )
+    lines.append(
+        f"| `{CPS}` overwrite p50 / etcd 1-member put p50, {lowest} in flight "
+        f"| <= 1.00 | {text} | {verdict} |"
+    )
+    for level in CLUSTER_LEVELS:
+        if level not in levels:
+            continue
+        text, verdict = _fraction(
+            _usable(targets, CPS_CLUSTER, "overwrite-sync", level),
+            _usable(targets, ETCD3, "put", level),
+            CLUSTER_VS_ETCD3,
+        )
+        lines.append(
+            f"| sync 3-replica overwrite / `{ETCD3}` put, {level} in flight "
+            f"| >= {CLUSTER_VS_ETCD3:.2f} | {text} | {verdict} |"
+        )
+    text, verdict = _p50_ratio(
+        _usable(targets, CPS_CLUSTER, "overwrite-sync", lowest),
+        _usable(targets, ETCD3, "put", lowest),
+        CLUSTER_P50_VS_ETCD3,
+    )
+    lines.append(
+        f"| sync 3-replica overwrite p50 / `{ETCD3}` put p50, {lowest} in flight "
+        f"| <= {CLUSTER_P50_VS_ETCD3:.2f} | {text} | {verdict} |"
+    )
+    for level in levels:
+        text, verdict = _fraction(
+            _usable(targets, CPS_CLUSTER, "overwrite-async", level),
+            _usable(targets, CPS_CLUSTER, "overwrite-sync", level),
+            1.0,
+        )
+        lines.append(
+            f"| async / sync 3-replica overwrite, {level} in flight | >= 1.00 | {text} "
+            f"| {verdict} |"
+        )
+    lines += [
+        "",
+        "Workers (2 workers >= 1.6 x one): measured apart, `python -m bench.workers` "
+        "(bench/WORKERS.md). Where a target is not met, bench/PROFILE.md says why.",
+    ]
+    return lines
 
 
 def cluster_target_lines(
@@ -764,6 +846,8 @@ def render(
     lines += [f"- {key}: {value}" for key, value in machine.items()]
     lines += ["", "## Method", ""]
     lines += [f"- {item}" for item in method]
+    lines += ["", "## Targets (issue 11)", ""]
+    lines += performance_target_lines(targets, levels)
     lines += ["", "## Targets (issue 2)", ""]
     lines += ratio_lines(targets, levels)
     lines += ["", "## Cost of persistence", ""]
