@@ -450,3 +450,26 @@ def test_several_workers_without_etcd_are_refused(tmp_path: Path) -> None:
         "(--etcd-endpoints)"
     ]
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_the_worker_variable_alone_makes_no_worker(tmp_path: Path) -> None:
+    """Only a supervisor's child is its worker (a variable set by hand is not
+    obeyed: the status pipe it names is not this process's)."""
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret")
+    done = subprocess.run(
+        [
+            SERVER,
+            *("--workers", "2", "--etcd-endpoints", "127.0.0.1:1"),
+            *("--cluster-secret-file", str(secret), "--data-dir", str(tmp_path / "d")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "CPS_INTERNAL_WORKER": '{"index": 0, "supervisor": 1, "status_fd": 9}'},
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "cps-server: CPS_INTERNAL_WORKER names supervisor 1, which is not this process's parent"
+    )
+    assert not (tmp_path / "d").exists()

@@ -41,10 +41,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _worker(settings: config.Settings, assignment: workers.Assignment) -> int:
     """One worker of a node of several, started by its supervisor."""
     logs.configure(settings.log_level, {"worker": assignment.index})
-    status = workers.StatusPipe(assignment.status_fd)
     if not workers.die_with(assignment.supervisor):
-        status.error("its supervisor is gone")
+        # Its supervisor is gone, or this process was never its worker (the
+        # variable set by hand): its status pipe is not ours to write.
+        print(
+            f"cps-server: {workers.WORKER_ENV} names supervisor {assignment.supervisor}, "
+            "which is not this process's parent",
+            file=sys.stderr,
+        )
         return 1
+    status = workers.StatusPipe(assignment.status_fd)
     try:
         asyncio.run(serve(workers.worker_settings(settings, assignment.index), status.ready))
     except (OSError, StoreError) as error:
