@@ -157,32 +157,70 @@ def summarise(path: Path, top: int = 30) -> str:
     return "\n".join(lines)
 
 
+def _cps(tree: Path | None, *options: str) -> list[str]:
+    """cps-server of this checkout, or of another one (``tree``, a git
+    worktree of an older commit, for an A/B run side by side)."""
+    if tree is None:
+        return [SERVER, "--log-level", "warning", *options]
+    path = f"PYTHONPATH={tree}/server:{tree}/client_py"
+    main = [sys.executable, "-m", "cps.server.main"]
+    return ["env", path, *main, "--log-level", "warning", *options]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--inflight", type=int, nargs="+", default=[64])
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved runs; medians shown")
     parser.add_argument("--only", nargs="+", choices=["handler", "cps-mem", "cps"])
     parser.add_argument("--py-spy", type=Path, help="record raw py-spy stacks into DIR")
     parser.add_argument("--native", action="store_true", help="py-spy --native (C frames)")
     parser.add_argument("--extra-args", default="", help="more cps-server options")
+    parser.add_argument(
+        "--compare-tree",
+        type=Path,
+        help="also run cps-mem and cps from this checkout (e.g. `git worktree add /tmp/old "
+        "COMMIT`), labelled old-*, interleaved with this checkout's",
+    )
     args = parser.parse_args()
     extra = shlex.split(args.extra_args)
     print(f"SectionOverwrite 1 KiB; one channel per 16 in flight; cps-server {extra}")
     if args.py_spy:
         args.py_spy.mkdir(parents=True, exist_ok=True)
+    targets = {
+        "handler": [sys.executable, "-m", "bench.min_server"],
+        "cps-mem": _cps(None, "--no-persist-server-checkpoints"),
+        "cps": _cps(None, *extra),
+    }
+    if args.compare_tree:
+        targets["old-cps-mem"] = _cps(args.compare_tree, "--no-persist-server-checkpoints")
+        targets["old-cps"] = _cps(args.compare_tree, *extra)
+    chosen = {
+        label: command
+        for label, command in targets.items()
+        if not args.only or label.removeprefix("old-") in args.only
+    }
     with tempfile.TemporaryDirectory(dir="/dev/shm") as scratch:
-        targets = {
-            "handler": [sys.executable, "-m", "bench.min_server"],
-            "cps-mem": [SERVER, "--no-persist-server-checkpoints", "--log-level", "warning"],
-            "cps": [SERVER, "--log-level", "warning", *extra],
-        }
         for inflight in args.inflight:
-            for index, (label, command) in enumerate(targets.items()):
-                if args.only and label not in args.only:
-                    continue
-                if label != "handler":
-                    command = [*command, "--data-dir", f"{scratch}/{label}-{inflight}-{index}"]
-                measure(label, command, inflight, args.seconds, args.py_spy, args.native)
+            results: dict[str, list[tuple[float, float, float]]] = {label: [] for label in chosen}
+            for round_ in range(args.rounds):
+                for label, command in chosen.items():
+                    if label != "handler":
+                        command = [*command, "--data-dir", f"{scratch}/{label}-{inflight}-{round_}"]
+                    results[label].append(
+                        measure(label, command, inflight, args.seconds, args.py_spy, args.native)
+                    )
+            if args.rounds > 1:
+                print(f"-- medians of {args.rounds} interleaved runs, in-flight {inflight}")
+                for label, rows in results.items():
+                    ops, p50, cost = (
+                        statistics.median(column) for column in zip(*rows, strict=True)
+                    )
+                    spread = sorted(round(row[2]) for row in rows)
+                    print(
+                        f"{label:14} {ops:8,.0f} ops/s p50 {p50:6.3f} ms "
+                        f"{cost:6.0f} server µs/op (runs: {spread})"
+                    )
     if args.py_spy:
         for path in sorted(args.py_spy.glob("*.txt")):
             print(summarise(path))

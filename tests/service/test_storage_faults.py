@@ -16,9 +16,19 @@ from cps.server.storage.sqlite_store import Statement
 from cps.v1 import checkpoint_service_pb2 as pb
 from tests.support import RW, Client, running_node, seed_error, sid
 
+# Where the commit runs: the event loop's thread (cheap commits) or the
+# storage thread (slow ones, e.g. an fsync): both must keep the promises.
+PLACES = {"on the loop": float("inf"), "on the storage thread": 0.0}
 
-def test_failed_commit_fails_the_call_and_writes_nothing() -> None:
+
+@pytest.fixture(params=list(PLACES))
+def slow_commit_seconds(request: pytest.FixtureRequest) -> float:
+    return PLACES[request.param]
+
+
+def test_failed_commit_fails_the_call_and_writes_nothing(slow_commit_seconds: float) -> None:
     with running_node() as node, grpc.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        node.journal.slow_commit_seconds = slow_commit_seconds
         client = Client(channel)
         handle = client.open("faulty")
         client.create_section(handle, b"a", b"before")
@@ -51,8 +61,9 @@ def test_failed_commit_fails_the_call_and_writes_nothing() -> None:
         assert rows == {b"a": b"before", b"b": b"after"}
 
 
-def test_notifications_wait_for_the_commit_of_their_change() -> None:
+def test_notifications_wait_for_the_commit_of_their_change(slow_commit_seconds: float) -> None:
     with running_node() as node, grpc.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+        node.journal.slow_commit_seconds = slow_commit_seconds
         writer, watcher = Client(channel), Client(channel)
         handle = writer.open("gated")
         writer.create_section(handle, b"s", b"0")

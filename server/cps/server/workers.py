@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 from types import FrameType
 
 from .config import Settings, WorkerRole, advertise_of, join_address, split_address
-from .storage.sqlite_store import FILE_NAME, StoreError, _lock
+from .storage.sqlite_store import FILE_NAME, StoreError, lock_data_dir
 
 log = logging.getLogger("cps.workers")
 
@@ -259,7 +259,7 @@ class Supervisor:
         except OSError as error:
             raise SupervisorError(f"cannot create data directory {data_dir}: {error}") from error
         try:
-            lock = _lock(data_dir)
+            lock = lock_data_dir(data_dir)
         except StoreError as error:
             raise SupervisorError(str(error)) from None
         if (data_dir / FILE_NAME).exists():

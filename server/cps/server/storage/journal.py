@@ -5,11 +5,13 @@ Calls that change stored state say what they changed (server checkpoints:
 Everything changed in one pass of the event loop forms one batch, so
 concurrent writers share one transaction and one fsync.
 
-The commit runs on the event loop's thread, once per loop pass that
-changed something: a hand-off to a storage thread and back cost more than
-the commit itself (two cross-CPU wake-ups per batch, bench/PROFILE.md).
-SQLite lets go of the GIL while it writes and syncs, so grpc's own threads
-keep taking requests meanwhile; they join the next batch.
+Where the commit runs depends on what it costs (measured, a moving average):
+a cheap one (tmpfs, ``--sync normal``: tens of µs) runs on the event loop's
+thread, at the end of the loop pass that changed something, because handing
+it to a thread and back costs more than the commit (two cross-CPU wake-ups,
+bench/PROFILE.md). A slow one (an fsync on a real disk: hundreds of µs) runs
+on the storage thread, and everything changed while it syncs forms the next
+batch: that is what groups writes into one fsync under load.
 
 A batch that fails to commit fails its callers, and the ones after it, and
 the checkpoints they changed are loaded again from the store: an error
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from cps.server.core import operations as op
 from cps.server.core.changelog import Key
@@ -48,6 +52,13 @@ def _run(actions: list[Callable[[], None]]) -> None:
             log.exception("callback delivery failed")
 
 
+# A commit slower than this (moving average) goes to the storage thread: about
+# what the hand-off costs.
+SLOW_COMMIT_SECONDS = 100e-6
+# Weight of the last commit in the moving average of commit times.
+COMMIT_AVERAGE_WEIGHT = 0.2
+
+
 class StorageFailed(Exception):
     """A batch could not be committed; the calls waiting on it fail."""
 
@@ -65,6 +76,12 @@ class Journal:
         # the batch in flight), in order.
         self._after: list[Callable[[], None]] = []
         self._scheduled = False
+        self._syncing = False  # a batch is being committed on the storage thread
+        self.commit_seconds = 0.0  # moving average
+        self.slow_commit_seconds = SLOW_COMMIT_SECONDS  # (tests force either place)
+        # The connection is used by one thread at a time: this one, or the
+        # loop's while nothing is syncing.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cps-sqlite")
         self.batches = 0  # committed
 
     # -- server checkpoints (service.ports.Persistence) ------------------------
@@ -98,7 +115,7 @@ class Journal:
 
     def mark(self, key: Key, *, synchronous: bool = False) -> None:
         self._dirty[key] = None
-        if not self._scheduled:
+        if not self._scheduled and not self._syncing:
             # Commit even when no caller waits (timers expire sections and
             # checkpoints too), after the calls that are ready now: they
             # share the transaction.
@@ -106,7 +123,7 @@ class Journal:
             asyncio.get_running_loop().call_soon(self._commit)
 
     def after_durable(self, action: Callable[[], None]) -> None:
-        if self._dirty:
+        if self._dirty or self._syncing:
             self._after.append(action)
         else:
             action()
@@ -122,15 +139,52 @@ class Journal:
 
     def _commit(self) -> None:
         self._scheduled = False
-        if not self._dirty:
+        if not self._dirty or self._syncing:
             return
         keys, self._dirty = list(self._dirty), {}
         waiters, self._waiters = self._waiters, []
         after, self._after = self._after, []
         try:
-            self.store.apply(self._statements(keys))
+            statements = self._statements(keys)
+        except Exception as error:
+            self._done(keys, waiters, after, error)
+            return
+        if self.commit_seconds < self.slow_commit_seconds:
+            self._done(keys, waiters, after, self._apply(statements))
+            return
+        self._syncing = True
+        loop = asyncio.get_running_loop()
+        running = loop.run_in_executor(self._executor, self._apply, statements)
+
+        def synced(finished: asyncio.Future[Exception | None]) -> None:
+            self._syncing = False
+            error = finished.exception() or finished.result()
+            self._done(keys, waiters, after, error)
+            if self._dirty:  # changed while it synced: the next batch
+                self._commit()
+
+        running.add_done_callback(synced)
+
+    def _apply(self, statements: list[Statement]) -> Exception | None:
+        """Commit (in either thread) and time it; the error, if it failed."""
+        began = time.perf_counter()
+        try:
+            self.store.apply(statements)
         except Exception as error:  # the disk, not the caller
-            log.error("storage commit failed", exc_info=True)
+            return error
+        took = time.perf_counter() - began
+        self.commit_seconds += COMMIT_AVERAGE_WEIGHT * (took - self.commit_seconds)
+        return None
+
+    def _done(
+        self,
+        keys: list[Key],
+        waiters: list[asyncio.Future[None]],
+        after: list[Callable[[], None]],
+        error: BaseException | None,
+    ) -> None:
+        if error is not None:
+            log.error("storage commit failed", exc_info=error)
             self._roll_back(keys, waiters, error)
             return
         self.batches += 1
@@ -140,7 +194,7 @@ class Journal:
         _run(after)
 
     def _roll_back(
-        self, keys: list[Key], waiters: list[asyncio.Future[None]], error: Exception
+        self, keys: list[Key], waiters: list[asyncio.Future[None]], error: BaseException
     ) -> None:
         """Fail the batch and every change made after it (they were made on
         its state), and make memory equal the store again."""
@@ -167,5 +221,9 @@ class Journal:
         return statements
 
     async def close(self) -> None:
-        self._commit()  # what a timer changed last
+        while self._syncing:
+            await asyncio.sleep(0.01)
+        self.commit_seconds = 0.0  # what a timer changed last, here and now
+        self._commit()
+        self._executor.shutdown(wait=True)
         self.store.close()

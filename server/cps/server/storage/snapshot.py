@@ -32,7 +32,7 @@ from .sqlite_store import (
     SQLITE_HEADER,
     SqliteStore,
     StoreError,
-    _lock,
+    lock_data_dir,
 )
 
 # Where a copy is made, beside the store (same file system, its space).
@@ -124,7 +124,7 @@ def restore(snapshot: Path, data_dir: Path) -> Restored:
         raise StoreError(f"cannot create data directory {data_dir}: {error}") from error
     done = False
     try:
-        lock = _lock(data_dir)  # a node started on it meanwhile: refused
+        lock = lock_data_dir(data_dir)  # a node started on it meanwhile: refused
         try:
             result = _restore_locked(snapshot, data_dir, version)
             done = True

@@ -86,7 +86,7 @@ class SqliteStore:
             raise StoreError(f"data directory {data_dir} is not a directory")
         if not os.access(data_dir, os.W_OK | os.X_OK):
             raise StoreError(f"data directory {data_dir} is not writable by this process")
-        lock = _lock(data_dir)
+        lock = lock_data_dir(data_dir)
         try:
             return cls._open_locked(data_dir, synchronous, lock)
         except BaseException:
@@ -203,7 +203,7 @@ class SqliteStore:
         os.close(self._lock)
 
 
-def _lock(data_dir: Path) -> int:
+def lock_data_dir(data_dir: Path) -> int:
     """Take the data directory for this process, or say who has it."""
     path = data_dir / LOCK_NAME
     try:
