@@ -46,6 +46,13 @@ BATCHES_IN_FLIGHT = 1
 # Synchronize, a notification, a snapshot part) sends the batch at once.
 LINGER_SECONDS = 0.002
 LINGER_ITEMS = 64
+# Items waited for (synchronous writes) linger too, but only while it pays:
+# after a batch of two or more a linger this long is tried, and lingering
+# goes on while items arrive during it (many writers); once one gathers
+# nothing (one or two writers, all waiting on this link) it stops until
+# PROBE_AFTER batches later.
+BUSY_LINGER_SECONDS = 0.001
+PROBE_AFTER = 64
 
 
 @dataclass(slots=True)
@@ -119,7 +126,11 @@ class Link:
         # raced against the receiving task with asyncio.wait.
         self._wakeup: asyncio.Future[None] | None = None
         self._urgent = False  # something in the outbox is waited for
-        self._linger_until: float | None = None
+        self._linger_started: float | None = None  # loop time
+        self._linger_from = 0  # items in the outbox when it started
+        self._last_batch = 0  # items in the last batch sent
+        self._busy_linger = True  # the last linger of waited-for items gathered some
+        self._since_probe = 0  # batches of waited-for items sent without a linger
         self._in_flight: deque[int] = deque()  # the last index of each batch sent
         self.fail_after_ack = 0  # a failpoint (see cps.server.failpoints)
         self.connected = False
@@ -230,18 +241,26 @@ class Link:
                 if not self._outbox or len(self._in_flight) >= BATCHES_IN_FLIGHT:
                     await self._sleep(None)
                     continue
-                if not self._urgent and len(self._outbox) < LINGER_ITEMS:
+                linger = self._linger()
+                if linger is not None and len(self._outbox) < LINGER_ITEMS:
                     now = asyncio.get_running_loop().time()
-                    if self._linger_until is None:
-                        self._linger_until = now + LINGER_SECONDS
-                    if now < self._linger_until:
-                        await self._sleep(self._linger_until)
+                    if self._linger_started is None:
+                        self._linger_started, self._linger_from = now, len(self._outbox)
+                    if now < self._linger_started + linger:
+                        await self._sleep(self._linger_started + linger)
                         continue
-                self._linger_until = None
+                if self._urgent:
+                    if self._linger_started is not None:
+                        self._busy_linger = len(self._outbox) > self._linger_from
+                        self._since_probe = 0
+                    else:
+                        self._since_probe += 1
+                self._linger_started = None
                 batch = self._next_batch()
                 self._in_flight.append(batch.first_index + len(batch.items) - 1)
                 self.sent.batches += 1
                 self.sent.items += len(batch.items)
+                self._last_batch = len(batch.items)
                 await call.write(pb.ReplicateRequest(batch=batch))
                 if self.fail_after_ack and batch.first_index <= self.fail_after_ack:
                     await self._fail_once_acknowledged(receiving)
@@ -251,6 +270,14 @@ class Link:
             with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
                 await receiving
         receiving.result()  # raises what ended the stream
+
+    def _linger(self) -> float | None:
+        """How long the outbox may wait for more items to share its batch."""
+        if not self._urgent:
+            return LINGER_SECONDS
+        if self._last_batch >= 2 and (self._busy_linger or self._since_probe >= PROBE_AFTER):
+            return BUSY_LINGER_SECONDS
+        return None
 
     async def _sleep(self, until: float | None) -> None:
         """Until woken up (something to send, an acknowledgement, the end of
