@@ -137,7 +137,8 @@ class Journal:
         self._waiters.append(future)
         return future
 
-    def _commit(self) -> None:
+    def _commit(self, *, here: bool = False) -> None:
+        """Commit what is dirty; ``here``: on this thread, whatever it costs."""
         self._scheduled = False
         if not self._dirty or self._syncing:
             return
@@ -149,7 +150,7 @@ class Journal:
         except Exception as error:
             self._done(keys, waiters, after, error)
             return
-        if self.commit_seconds < self.slow_commit_seconds:
+        if here or self.commit_seconds < self.slow_commit_seconds:
             self._done(keys, waiters, after, self._apply(statements))
             return
         self._syncing = True
@@ -162,6 +163,11 @@ class Journal:
             self._done(keys, waiters, after, error)
             if self._dirty:  # changed while it synced: the next batch
                 self._commit()
+            else:
+                # Callbacks that only waited for this batch (to keep their
+                # order) may go now.
+                later, self._after = self._after, []
+                _run(later)
 
         running.add_done_callback(synced)
 
@@ -223,7 +229,6 @@ class Journal:
     async def close(self) -> None:
         while self._syncing:
             await asyncio.sleep(0.01)
-        self.commit_seconds = 0.0  # what a timer changed last, here and now
-        self._commit()
+        self._commit(here=True)  # what a timer changed last
         self._executor.shutdown(wait=True)
         self.store.close()

@@ -1,6 +1,7 @@
 """The SQLite file of a node: schema, validation, load, and atomic batches.
 
-Only the event loop's thread touches the connection (see journal.py).
+One thread at a time touches the connection: the event loop's, or the
+storage thread while it commits a slow batch (see journal.py).
 """
 
 from __future__ import annotations
