@@ -14,70 +14,19 @@ import json
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-from grpc import aio
-
 from bench.cpu import tree_seconds
-from bench.request_path import PY_SPY, summarise
-from cps.v1 import checkpoint_service_pb2 as pb
-from cps.v1 import checkpoint_service_pb2_grpc as rpc
+from bench.request_path import PY_SPY, drive, summarise
 from cps.v1 import types_pb2 as t
 from tests.cluster.harness import CpsCluster, EtcdCluster
-from tests.support import attributes, sid
 
 MODES = {
     "sync": t.CREATION_FLAG_WR_ALL_REPLICAS,
     "async": t.CREATION_FLAG_WR_ACTIVE_REPLICA,
     "weak": t.CREATION_FLAG_WR_ACTIVE_REPLICA_WEAK,
 }
-
-
-async def _load(address: str, mode: str, inflight: int, seconds: float) -> float:
-    """Closed-loop 1 KiB overwrites through ``address``; ops/s."""
-    async with aio.insecure_channel(address) as channel:
-        stub = rpc.CheckpointServiceStub(channel)
-        version = t.Version(release_code="B", major_version=1)
-        session = (await stub.Initialize(pb.InitializeRequest(version=version))).service_handle
-        opened = await stub.CheckpointOpen(
-            pb.CheckpointOpenRequest(
-                service_handle=session,
-                checkpoint_name=f"path-{mode}",
-                checkpoint_open_flags=[t.OPEN_FLAG_READ, t.OPEN_FLAG_WRITE, t.OPEN_FLAG_CREATE],
-                checkpoint_creation_attributes=attributes(
-                    flags=(MODES[mode],), max_sections=128, max_section_size=2048
-                ),
-            )
-        )
-        handle = opened.checkpoint_handle
-        for index in range(inflight):
-            await stub.SectionCreate(
-                pb.SectionCreateRequest(
-                    checkpoint_handle=handle,
-                    section_creation_attributes=t.SectionCreationAttributes(
-                        section_id=sid(b"s%d" % index)
-                    ),
-                    initial_data=b"x",
-                )
-            )
-        await asyncio.sleep(1.0)  # every replica in sync
-        done = 0
-        end = time.monotonic() + seconds
-
-        async def worker(index: int) -> None:
-            nonlocal done
-            request = pb.SectionOverwriteRequest(
-                checkpoint_handle=handle, section_id=sid(b"s%d" % index), data_buffer=b"y" * 1024
-            )
-            while time.monotonic() < end:
-                await stub.SectionOverwrite(request)
-                done += 1
-
-        began = time.monotonic()
-        await asyncio.gather(*(worker(index) for index in range(inflight)))
-        return done / (time.monotonic() - began)
 
 
 def _batching(log: str) -> str:
@@ -104,6 +53,10 @@ def main() -> None:
     options = ["--replicas", "3", "--metrics-listen", "127.0.0.1:0", "--log-level", "info"]
     with EtcdCluster(size=3) as etcd, CpsCluster(etcd.endpoints, 3, options) as cluster:
         pids = [node.pid for node in cluster.nodes]
+        address, mode = cluster.nodes[0].address, MODES[args.mode]
+        # The checkpoint and its sections, then a second of writes (every
+        # replica in sync); one channel, as the figures in PROFILE.md.
+        asyncio.run(drive(address, args.inflight, 1.0, create=True, mode=mode, channels_wanted=1))
         recorders = []
         if args.py_spy:
             args.py_spy.mkdir(parents=True, exist_ok=True)
@@ -118,16 +71,17 @@ def main() -> None:
                     )
                 )
         before = [tree_seconds(pid) for pid in pids]
-        rate = asyncio.run(_load(cluster.nodes[0].address, args.mode, args.inflight, args.seconds))
+        latencies = asyncio.run(
+            drive(address, args.inflight, args.seconds, create=False, mode=mode, channels_wanted=1)
+        )
+        rate = len(latencies) / args.seconds
         used = [tree_seconds(pid) - start for pid, start in zip(pids, before, strict=True)]
         for recorder in recorders:
             recorder.wait(timeout=args.seconds + 30)
-        writes = rate * args.seconds
-        per_write = ", ".join(
-            f"n{i} {seconds / writes * 1e6:.0f}" for i, seconds in enumerate(used)
-        )
+        writes = len(latencies)
+        per_write = ", ".join(f"n{i} {cpu / writes * 1e6:.0f}" for i, cpu in enumerate(used))
         print(f"{args.mode} at {args.inflight} in flight: {rate:,.0f} writes/s")
-        print(f"CPU µs per write (whole load phase incl. setup): {per_write}")
+        print(f"CPU µs per write: {per_write}")
         print(f"n0 (active) links: {_batching(cluster.nodes[0].log_text())}")
     if args.py_spy:
         for path in sorted(args.py_spy.glob("*.txt")):

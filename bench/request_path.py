@@ -32,10 +32,19 @@ SERVER = str(Path(sys.executable).parent / "cps-server")
 PY_SPY = str(Path(sys.executable).parent / "py-spy")
 
 
-async def drive(address: str, inflight: int, seconds: float, *, create: bool) -> list[float]:
+async def drive(
+    address: str,
+    inflight: int,
+    seconds: float,
+    *,
+    create: bool,
+    mode: t.CreationFlag.ValueType = t.CREATION_FLAG_WR_ACTIVE_REPLICA,
+    channels_wanted: int | None = None,
+) -> list[float]:
     """Overwrite for ``seconds`` with ``inflight`` workers; the latencies.
-    ``create``: set up the checkpoint and its sections first."""
-    count = max(1, inflight // 16)
+    ``create``: set up the checkpoint (its write ``mode``) and its sections
+    first. One channel per 16 in flight unless ``channels_wanted``."""
+    count = channels_wanted or max(1, inflight // 16)
     channels = [
         grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
         for _ in range(count)
@@ -44,7 +53,7 @@ async def drive(address: str, inflight: int, seconds: float, *, create: bool) ->
     version = t.Version(release_code="B", major_version=1)
     session = (await stubs[0].Initialize(pb.InitializeRequest(version=version))).service_handle
     attributes = t.CheckpointCreationAttributes(
-        creation_flags=[t.CREATION_FLAG_WR_ACTIVE_REPLICA],
+        creation_flags=[mode],
         checkpoint_size=64 * len(PAYLOAD),
         max_sections=64,
         max_section_size=len(PAYLOAD),
